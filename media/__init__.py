@@ -1,0 +1,1 @@
+"""Media helpers on PyAV and aiortc (installed with the ``webrtc`` extra)."""
