@@ -1,1 +1,1 @@
-"""Runtime adapters: anyio drivers that run the sans-IO core over real sockets (asyncio and trio)."""
+"""Runtime adapters: anyio drivers running the sans-IO core over real sockets (asyncio, trio)."""

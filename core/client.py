@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from wsproto import ConnectionState, ConnectionType, WSConnection
+from wsproto import WSConnection
+from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -61,8 +62,8 @@ from metered_realtime.core.events import (
     Action,
     AppEvent,
     CloseTransport,
-    ConnectFailed,
     Connected,
+    ConnectFailed,
     CredentialNeeded,
     Direct,
     Disconnected,
@@ -276,9 +277,7 @@ class ClientConnection:
         self._set_state("connecting")
         self._begin_attempt(0, now)
 
-    def close(
-        self, now: float, code: int = 1000, reason: str = "client requested close"
-    ) -> None:
+    def close(self, now: float, code: int = 1000, reason: str = "client requested close") -> None:
         """Close for good: fail pending requests, send a close frame, wait ≤ 1 s for the echo.
 
         No ``Disconnected`` event follows an explicit close.
@@ -289,6 +288,7 @@ class ClientConnection:
             raise ValueError("close reason must be a string of at most 123 UTF-8 bytes")
         self._reconnect_at = None
         self._resub_at.clear()
+        self._tracked.clear()  # a later connect() is a new session, not a reconnect
         self._fail_pending()
         if self._state not in ("idle", "closed"):
             self._set_state("closed")
@@ -346,9 +346,7 @@ class ClientConnection:
         if self._phase != _RESOLVING:
             return
         if not isinstance(credential, str) or not credential:
-            self.credential_failed(
-                TypeError("token provider must return a non-empty string"), now
-            )
+            self.credential_failed(TypeError("token provider must return a non-empty string"), now)
             return
         self._token_failures = 0
         self._credential = ("token", credential)
@@ -523,6 +521,8 @@ class ClientConnection:
     # --- internals: receiving ---------------------------------------------------------
 
     def _on_text(self, event: TextMessage, now: float) -> None:
+        if self._phase == _CLOSING:
+            return  # after close() the session is over (§2.7): a late welcome must not revive it
         chunk = event.data
         if not event.message_finished or self._partial:
             self._partial.append(chunk)
@@ -625,7 +625,7 @@ class ClientConnection:
         self._reset_socket()
         self._emit(CloseTransport())
         if not closing:
-            self._socket_lost(code if code is not None else 1005, reason, now)
+            self._socket_lost(int(code) if code is not None else 1005, reason, now)
 
     # --- internals: socket life -------------------------------------------------------
 
@@ -675,10 +675,10 @@ class ClientConnection:
             self._emit(ConnectFailed(SignallingConnectError(code, reason)))
             return
         self._last_close = (code, reason)
+        self._backoff.note_close(code)  # only a real close sets the 4010 floor (one delay, §4.3)
         self._after_loss(code, reason, now, opened=opened)
 
     def _after_loss(self, code: int, reason: str, now: float, *, opened: bool) -> None:
-        self._backoff.note_close(code)
         will = (
             self.config.reconnect is not None
             and code not in TERMINAL_CLOSE_CODES

@@ -34,7 +34,7 @@ _SECRET_PATTERNS = (
 
 
 def scrub(text: str) -> str:
-    """Remove ``token=``/``key=`` query values, SDP ICE credentials and ICE ``credential`` values."""
+    """Remove ``token=``/``key=`` query values, SDP ICE credentials and ICE credentials."""
     for pattern, repl in _SECRET_PATTERNS:
         text = pattern.sub(repl, text)
     return text
@@ -143,4 +143,4 @@ class MalformedFrameError(MeteredRealtimeError, ValueError):
 
 
 class FrameRejected(MalformedFrameError):
-    """A client frame parsed but failed a syntactic check (``invalid_channel``, ``unknown_type``…)."""
+    """A client frame failed a syntactic check (``invalid_channel``, ``unknown_type``…)."""

@@ -11,9 +11,10 @@ Decoding never raises anything but :class:`MalformedFrameError` (client side) or
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Union
+from typing import Any, Final
 
 from metered_realtime.core.errors import FrameRejected, MalformedFrameError
 from metered_realtime.core.events import PresencePeer
@@ -75,7 +76,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: an infinity by overflow, which no frame can carry either
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
 _decode = _decoder.decode
 
 
@@ -178,7 +186,7 @@ class PingFrame:
         return '{"type":"ping","requestId":' + _encode(self.request_id) + "}"
 
 
-ClientFrame = Union[SubscribeFrame, UnsubscribeFrame, PublishFrame, SendFrame, PingFrame]
+ClientFrame = SubscribeFrame | UnsubscribeFrame | PublishFrame | SendFrame | PingFrame
 
 
 def decode_client_frame(text: str | bytes | bytearray) -> ClientFrame:
@@ -209,15 +217,19 @@ def decode_client_frame(text: str | bytes | bytearray) -> ClientFrame:
         problem = peer_id_problem(to, in_bytes=True)
         if problem:
             raise FrameRejected(problem, code="invalid_peer_id", request_id=rid)
+        assert isinstance(to, str)
         return SendFrame(to, obj.get("data", MISSING), rid)
     channel = obj.get("channel")
     problem = channel_problem(channel, in_bytes=True)
     if problem:
         raise FrameRejected(problem, code="invalid_channel", request_id=rid)
+    assert isinstance(channel, str)
     if ftype == "unsubscribe":
         return UnsubscribeFrame(channel, rid)
     if is_reserved_channel(channel):
-        raise FrameRejected("channel uses a reserved prefix", code="channel_reserved", request_id=rid)
+        raise FrameRejected(
+            "channel uses a reserved prefix", code="channel_reserved", request_id=rid
+        )
     if ftype == "subscribe":
         return SubscribeFrame(channel, rid, obj.get("includeSenderMetadata") is True)
     return PublishFrame(channel, obj.get("data", MISSING), rid)
@@ -370,16 +382,16 @@ class PongFrame:
         return '{"type":"pong","requestId":' + _encode(self.request_id) + "}"
 
 
-ServerFrame = Union[
-    WelcomeFrame,
-    AckFrame,
-    ErrorFrame,
-    MessageFrame,
-    DirectFrame,
-    PresenceFrame,
-    GoingAwayFrame,
-    PongFrame,
-]
+ServerFrame = (
+    WelcomeFrame
+    | AckFrame
+    | ErrorFrame
+    | MessageFrame
+    | DirectFrame
+    | PresenceFrame
+    | GoingAwayFrame
+    | PongFrame
+)
 
 
 def _bad(what: str, ftype: str) -> MalformedFrameError:

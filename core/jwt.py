@@ -52,7 +52,11 @@ class TokenClaims:
 
 def _size(value: object) -> int:
     """UTF-8 bytes of the compact, unescaped serialization."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return len(
+        json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8", "surrogatepass"
+        )
+    )
 
 
 def _b64encode(raw: bytes) -> str:
@@ -96,6 +100,7 @@ def verify_hs256(token: str, secrets: Mapping[str, bytes | str], now: float) -> 
     Raises :class:`TokenRejected` with close code 4002 for an expired token and 4001 for
     everything else. Messages never include the token.
     """
+
     def bad(reason: str = "invalid token") -> TokenRejected:
         return TokenRejected(4001, reason)
 
@@ -150,9 +155,7 @@ def verify_hs256(token: str, secrets: Mapping[str, bytes | str], now: float) -> 
     if metadata is not None and (not isinstance(metadata, dict) or _size(metadata) > 8192):
         raise bad("invalid token: metadata")
     peer_meta = claims.get("peerMetadata")
-    if peer_meta is not None and (
-        not isinstance(peer_meta, dict) or _size(peer_meta) > 4096
-    ):
+    if peer_meta is not None and (not isinstance(peer_meta, dict) or _size(peer_meta) > 4096):
         raise bad("invalid token: peerMetadata")
     return TokenClaims(
         kid=kid,

@@ -1,4 +1,7 @@
-"""Names, identifiers, URLs, channel patterns and ICE-server lists (PROTOCOL §2.1, §2.4, §6.5, §6.7)."""
+"""Names, identifiers, URLs, channel patterns and ICE-server lists.
+
+See PROTOCOL §2.1, §2.4, §6.5 and §6.7.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeGuard
 from urllib.parse import quote, urlsplit
 
 __all__ = [
@@ -234,7 +237,7 @@ def extract_ice_servers(metadata: object) -> tuple[IceServerConfig, ...] | None:
     return tuple(out)
 
 
-def finite_number(value: object) -> bool:
+def finite_number(value: object) -> TypeGuard[int | float]:
     """True for an int or float that is finite (booleans excluded)."""
     return (
         isinstance(value, (int, float))

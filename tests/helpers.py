@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from wsproto import ConnectionState, ConnectionType, WSConnection
+from wsproto import WSConnection
+from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,

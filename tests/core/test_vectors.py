@@ -148,7 +148,9 @@ def test_client_machine_emits_vector_bytes(v: dict[str, Any]) -> None:
     h.connect()
     inp, c = v["inputs"], h.client
     if v["op"] == "subscribe":
-        c.subscribe(inp["channel"], h.now, include_sender_metadata=bool(inp.get("includeSenderMetadata")))
+        c.subscribe(
+            inp["channel"], h.now, include_sender_metadata=bool(inp.get("includeSenderMetadata"))
+        )
     elif v["op"] == "unsubscribe":
         c.unsubscribe(inp["channel"], h.now)
     elif v["op"] == "publish":
@@ -310,7 +312,9 @@ def test_close_code_vectors(v: dict[str, Any]) -> None:
         assert h.client.state == "closed"
         return
     (sched,) = h.of(ReconnectScheduled)
-    lo, hi = (nd["ours"]["min_s"], nd["ours"]["max_s"]) if "ours" in nd else (nd["min_s"], nd["max_s"])
+    lo, hi = (
+        (nd["ours"]["min_s"], nd["ours"]["max_s"]) if "ours" in nd else (nd["min_s"], nd["max_s"])
+    )
     assert lo <= sched.delay < hi + 1e-9
     needed_before = len(h.of(core_events.CredentialNeeded))
     h.advance(sched.delay)
@@ -356,7 +360,11 @@ def test_backoff_vectors(v: dict[str, Any]) -> None:
 
 def test_backoff_give_up_reaches_the_client() -> None:
     """Attempt 101 never happens: Disconnected(will_reconnect=False), state closed."""
-    h = Harness(ClientConfig(url="ws://127.0.0.1:8787", api_key="pk", reconnect=ReconnectOptions(max_attempts=3)))
+    h = Harness(
+        ClientConfig(
+            url="ws://127.0.0.1:8787", api_key="pk", reconnect=ReconnectOptions(max_attempts=3)
+        )
+    )
     h.connect()
     h.refuse_connect = True
     h.server_close(1001)
@@ -378,7 +386,9 @@ def test_4010_floor_is_a_true_floor() -> None:
 # --- channel patterns -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("v", VECTORS["channel_patterns"], ids=lambda v: f"{v['pattern']}|{v['channel']}")
+@pytest.mark.parametrize(
+    "v", VECTORS["channel_patterns"], ids=lambda v: f"{v['pattern']}|{v['channel']}"
+)
 def test_channel_pattern_vectors(v: dict[str, Any]) -> None:
     if v["pattern"] is None:
         with pytest.raises(FrameRejected) as info:
@@ -393,4 +403,6 @@ def test_uncorrelated_error_is_server_error() -> None:
     h = Harness()
     h.connect()
     h.server_send(vector("TV-18")["text"])
-    assert h.of(ServerError) == [ServerError("over_message_quota", "message quota exhausted for this period", None)]
+    assert h.of(ServerError) == [
+        ServerError("over_message_quota", "message quota exhausted for this period", None)
+    ]
