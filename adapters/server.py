@@ -97,7 +97,7 @@ class LocalServer:
         from anyio.abc import SocketAttribute
 
         self.port = sock_listener.extra(SocketAttribute.local_port)
-        async with anyio.create_task_group() as tg:
+        async with listener, anyio.create_task_group() as tg:
             tg.start_soon(self._timers)
             task_status.started(self.port)
             await listener.serve(self._handle, task_group=tg)

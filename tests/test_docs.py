@@ -54,3 +54,23 @@ def test_walkthrough_command_succeeds(capsys: Any) -> None:
     out = capsys.readouterr().out
     assert "message received: True" in out
     assert "pk_dev_local" not in out  # the credential never reaches the output
+
+
+def test_signalling_snippets_run_against_a_server(capsys: Any) -> None:
+    from tests.serve import Serve
+
+    blocks = [b for b in _python_blocks("signalling.md") if "anyio.run(main" in b]
+    assert len(blocks) == 3
+    server = Serve()
+    try:
+        for block in blocks:
+            code = block.replace("ws://127.0.0.1:8787", f"ws://127.0.0.1:{server.port}")
+            exec(compile(code, "docs/signalling.md", "exec"), {"__name__": "__main__"})
+    finally:
+        server.stop()
+    out = capsys.readouterr().out
+    assert "alerts/critical {'sensor': 'T-12', 'value': 92}" in out
+    assert "Direct(sender_peer_id=" in out
+    assert "here: []" in out
+    assert out.count("joined: ['") == 1
+    assert out.count("left: ['") == 1

@@ -1,0 +1,37 @@
+"""Each example runs against `metered-realtime serve`, as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.serve import ELSEWHERE, Serve
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def server() -> Serve:
+    s = Serve()
+    yield s  # type: ignore[misc]
+    s.stop()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_signalling_smoke(server: Serve, backend: str) -> None:
+    env = {**os.environ, "METERED_URL": f"ws://127.0.0.1:{server.port}", "METERED_BACKEND": backend}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "signalling_smoke.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=ELSEWHERE,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "signalling smoke: ok" in result.stdout
+    assert "direct: 'just for you'" in result.stdout
