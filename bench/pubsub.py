@@ -4,7 +4,7 @@ Run ``python bench/pubsub.py`` (from anywhere; ``--help`` for the flags). It sta
 ``python -m metered_realtime serve --port 0`` as a separate process (cwd = the temp directory, so
 the repository's top-level ``metered_realtime/`` folder cannot shadow the installed package),
 pins the server and this process to different CPUs when it can, and prints figures. It asserts
-nothing: there are no thresholds, only numbers.
+nothing: there are no thresholds, only numbers. Every wait is bounded (``--timeout``).
 
 Every figure is measured twice, once per client implementation, against the same server:
 
@@ -14,26 +14,33 @@ Every figure is measured twice, once per client implementation, against the same
   request ids, one reader task resolving per-request ``anyio.Event`` s and one writer task, i.e.
   the same task structure as the SDK with none of its validation, typed frames or events.
 
-The ``SDK/raw`` column is their ratio (for rates below 1 is worse; for latencies above 1 is
-worse).
+The ``SDK/raw`` column is their ratio (for a rate below 1 is worse, for a latency or a CPU cost
+above 1 is worse).
 
 Scenario A, throughput: a publisher connection and a subscriber connection (one event loop) on
 channel ``bench``; ``--inflight`` publisher tasks each await ``publish`` in a loop, so that many
 publishes are unacknowledged at any time. The payload is
 ``{"seq": n, "t": perf_counter_ns(), "pad": "x" * k}`` with ``k`` chosen so the ``message`` frame
-the subscriber receives is ``--size`` bytes of JSON. Reported, after ``--warmup`` messages:
-messages/s received by the subscriber over ``--count`` messages, and the publish→receive latency
-(``publish()`` called → subscriber handler runs) p50/p99.
+the subscriber receives is ``--size`` bytes of JSON, or ``k = 0`` when the fields alone are larger
+(with the server's 36-character peer ids and 36-character request ids that floor is ~130 B; the
+sizes used are printed). Reported, after ``--warmup`` messages: messages/s received by the
+subscriber over ``--count`` messages, and the publish→receive latency (``publish()`` called →
+subscriber handler runs) p50/p99.
 
 Scenario B, latency, one request in flight: client A subscribes to ``bench/rt-back``, client B to
-``bench/rt-out``. A publishes on ``bench/rt-out``; B's handler hands the data to an echo task that
-publishes it on ``bench/rt-back``; A's handler receives it. A starts the next iteration only once
-its publish is acknowledged and the echo has arrived. Per iteration, all from the moment A calls
-``publish()`` (``perf_counter_ns``, one process, one clock):
+``bench/rt-out``. A publishes on ``bench/rt-out``; B's (sync) handler hands the data to an echo
+task that publishes it on ``bench/rt-back``; A's handler receives it. A starts the next iteration
+only once its publish is acknowledged and the echo has arrived. Per iteration, all from the
+moment A calls ``publish()`` (``perf_counter_ns``, one process, one clock):
 
-* one-way  = until B's handler runs (client → server → client);
-* ack      = until A's ``publish()`` returns (A's request → server ack);
+* one-way    = until B's handler runs (client → server → client);
+* ack        = until A's ``publish()`` returns (A's request → server → A's ack);
 * round trip = until A's handler gets the echo (client → server → client → server → client).
+
+Also printed: CPU time per message / per iteration and CPU utilisation of this process and of the
+server process over the measured window (Linux: ``/proc/PID/task/*/schedstat``), and a "floor":
+a blocking-socket echo between the same two CPUs with no event loop and no framing, i.e. what the
+machine charges for two loopback hops before any Python runs.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -505,24 +513,13 @@ class ServerProcess:
         self.port = self._read_port()
 
     def _read_port(self) -> int:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        buf = b""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if ready:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                buf += chunk
-                found = re.search(rb"listening on ws://127\.0\.0\.1:(\d+)", buf)
-                if found:
-                    return int(found.group(1))
-            elif self.proc.poll() is not None:
-                break
-        self.stop()
-        raise RuntimeError(f"server did not start: {buf!r} {self.stderr_tail()}")
+        found = read_match(
+            self.proc, rb"listening on ws://127\.0\.0\.1:(\d+)", SERVER_START_TIMEOUT
+        )
+        if found is None:
+            self.stop()
+            raise RuntimeError(f"server did not start: {self.stderr_tail()}")
+        return int(found.group(1))
 
     def stderr_tail(self) -> str:
         self._stderr.seek(0)
@@ -542,16 +539,94 @@ class ServerProcess:
         self._stderr.close()
 
 
-def pin_cpus(server_pid: int) -> str:
-    """Server on one CPU, this process on another, when the OS allows it."""
+def read_match(
+    proc: subprocess.Popen[bytes], pattern: bytes, timeout: float
+) -> re.Match[bytes] | None:
+    """Read ``proc``'s stdout until ``pattern`` matches, EOF or ``timeout``."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return None
+            buf += chunk
+            found = re.search(pattern, buf)
+            if found:
+                return found
+        elif proc.poll() is not None:
+            return None
+    return None
+
+
+def pin_cpus(server_pid: int) -> tuple[int, int] | None:
+    """Put the server on one CPU and this process on another; ``(client, server)`` or None."""
     if not hasattr(os, "sched_setaffinity"):
-        return "not pinned (no sched_setaffinity)"
+        return None
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
-        return f"not pinned (only CPU {cpus})"
+        return None
     os.sched_setaffinity(server_pid, {cpus[1]})
     os.sched_setaffinity(0, {cpus[0]})
-    return f"clients on CPU {cpus[0]}, server on CPU {cpus[1]}"
+    return cpus[0], cpus[1]
+
+
+ECHO_CODE = """
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(1)
+print("port", s.getsockname()[1], flush=True)
+c, _ = s.accept()
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while d := c.recv(65536):
+    c.sendall(d)
+"""
+
+
+def measure_floor(server_cpu: int | None, count: int, size: int) -> tuple[float, float]:
+    """Blocking-socket echo RTT to a child process on the server's CPU: (p50, p99) ms.
+
+    Two loopback hops between the two CPUs with no event loop and no framing: the floor the
+    machine itself puts under every hop pair of scenario B.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ECHO_CODE],
+        cwd=tempfile.gettempdir(),
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        if server_cpu is not None:
+            os.sched_setaffinity(proc.pid, {server_cpu})
+        found = read_match(proc, rb"port (\d+)", SERVER_START_TIMEOUT)
+        if found is None:
+            raise RuntimeError("echo process did not start")
+        rtts: list[int] = []
+        payload = b"x" * size
+        with socket.create_connection(("127.0.0.1", int(found.group(1))), timeout=5) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(count + count // 10):
+                t0 = perf_ns()
+                sock.sendall(payload)
+                got = 0
+                while got < size:
+                    chunk = sock.recv(65_536)
+                    if not chunk:
+                        raise RuntimeError("echo process went away")
+                    got += len(chunk)
+                if i >= count // 10:
+                    rtts.append(perf_ns() - t0)
+    finally:
+        proc.kill()
+        proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    rtts.sort()
+    return percentile(rtts, 50), percentile(rtts, 99)
 
 
 # --- driver -----------------------------------------------------------------------------
@@ -657,19 +732,28 @@ def print_targets(all_results: dict[str, dict[str, dict[str, float]]]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--backend", choices=["asyncio", "trio", "both"], default="both")
+    parser.add_argument(
+        "--backend", choices=["asyncio", "trio", "both"], default="both", help="client event loop"
+    )
     parser.add_argument("--count", type=int, default=50_000, help="scenario A messages measured")
     parser.add_argument("--warmup", type=int, default=2_000, help="scenario A warm-up messages")
     parser.add_argument("--inflight", type=int, default=64, help="scenario A concurrent publishes")
     parser.add_argument("--rt-count", type=int, default=5_000, help="scenario B iterations")
     parser.add_argument("--rt-warmup", type=int, default=500, help="scenario B warm-up")
     parser.add_argument("--size", type=int, default=100, help="message frame bytes (JSON)")
-    parser.add_argument("--impl", choices=["sdk", "raw", "both"], default="both")
-    parser.add_argument("--scenario", choices=["throughput", "latency", "both"], default="both")
-    parser.add_argument("--server-backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--impl", choices=["sdk", "raw", "both"], default="both", help="clients")
+    parser.add_argument(
+        "--scenario", choices=["throughput", "latency", "both"], default="both", help="A, B"
+    )
+    parser.add_argument(
+        "--server-backend", choices=["asyncio", "trio"], default="asyncio", help="server loop"
+    )
     parser.add_argument("--server-profile", metavar="FILE", help="run the server under cProfile")
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
-    parser.add_argument("--timeout", type=float, default=120.0, help="per scenario run, seconds")
+    parser.add_argument(
+        "--floor-count", type=int, default=5_000, help="echo round trips for the floor (0: skip)"
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="per scenario run, seconds")
     args = parser.parse_args(argv)
     if args.count < 1 or args.warmup < 0 or args.inflight < 1:
         parser.error("--count and --inflight must be >= 1, --warmup >= 0")
@@ -686,7 +770,11 @@ def main(argv: list[str] | None = None) -> int:
     publish_size, message_size = frame_sizes(pad)
     server = ServerProcess(args.server_backend, args.server_profile)
     try:
-        pinning = "not pinned (--no-pin)" if args.no_pin else pin_cpus(server.proc.pid)
+        cpus = None if args.no_pin else pin_cpus(server.proc.pid)
+        if cpus is not None:
+            pinning = f"clients on CPU {cpus[0]}, server on CPU {cpus[1]}"
+        else:
+            pinning = "not pinned"
         print(
             f"metered-realtime pub/sub bench: python {sys.version.split()[0]}, "
             f"server pid {server.proc.pid} ({args.server_backend}) on 127.0.0.1:{server.port}; "
@@ -697,6 +785,12 @@ def main(argv: list[str] | None = None) -> int:
             f"B: {args.rt_count:,} iterations after {args.rt_warmup:,} warm-up; "
             f"frames: publish {publish_size} B, message {message_size} B (JSON, before WS header)"
         )
+        if args.floor_count:
+            p50, p99 = measure_floor(cpus[1] if cpus else None, args.floor_count, message_size)
+            print(
+                f"floor: blocking-socket echo between the same two CPUs (2 hops, no event loop, "
+                f"{message_size} B): p50 {p50:.3f} ms, p99 {p99:.3f} ms"
+            )
         all_results: dict[str, dict[str, dict[str, float]]] = {}
         for backend in backends:
             started = time.perf_counter()
