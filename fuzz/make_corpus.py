@@ -1,11 +1,14 @@
 """Write seed corpora for the fuzzers from tests/protocol-vectors.json.
 
-Usage: python fuzz/make_corpus.py FRAMES_DIR [CLIENT_DIR]
+Usage: python fuzz/make_corpus.py FRAMES_DIR [CLIENT_DIR [WSFRAME_DIR]]
 
 * FRAMES_DIR (for fuzz_frames.py): every server frame text, client frame text and robustness
   text of PROTOCOL §10, one per file, plus a few hostile shapes.
 * CLIENT_DIR (for fuzz_client.py): the same server texts as raw WebSocket bytes as a server
   sends them (unmasked text frames), alone, after a welcome, fragmented, and as one long session.
+* WSFRAME_DIR (for fuzz_wsframe.py): a role byte (even: server → client, odd: client → server)
+  then WebSocket bytes: the client seeds' sessions, the client frame vectors masked, fragments
+  with control frames between them, every close shape, and a few protocol errors.
 """
 
 from __future__ import annotations
@@ -102,6 +105,51 @@ def client_seeds(vectors: dict[str, Any]) -> dict[str, bytes]:
     return seeds
 
 
+def masked(payload: bytes, opcode: int = TEXT, fin: bool = True) -> bytes:
+    """One client → server frame, masked with a fixed key."""
+    key = b"\x37\xfa\x21\x3d"
+    head = bytearray(ws_frame(b"", opcode, fin)[:1])
+    n = len(payload)
+    if n < 126:
+        head.append(0x80 | n)
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes(head) + key + body
+
+
+def wsframe_seeds(vectors: dict[str, Any]) -> dict[str, bytes]:
+    to_client, to_server = b"\x00", b"\x01"
+    seeds = {f"s2c-{k}": to_client + v for k, v in client_seeds(vectors).items() if len(v) < 4096}
+    texts = [v["bytes"].encode("utf-8") for v in vectors["client_frames"]]
+    seeds["c2s-session"] = to_server + b"".join(masked(t) for t in texts)
+    first = texts[0]
+    seeds["c2s-fragments"] = to_server + (
+        masked(first[:5], TEXT, fin=False)
+        + masked(b"hb", PING)
+        + masked(first[5:9], CONTINUATION, fin=False)
+        + masked(first[9:], CONTINUATION)
+    )
+    seeds["c2s-raw-utf8"] = (
+        to_server + masked(RAW_UTF8[:40], TEXT, False) + masked(RAW_UTF8[40:], CONTINUATION)
+    )
+    seeds["c2s-binary"] = to_server + masked(b"\x00\x01\x02", BINARY)
+    seeds["c2s-pong"] = to_server + masked(b"p", 0xA)
+    for code in (1000, 1001, 1005, 1014, 2999, 3000, 4001, 4999, 5000):
+        seeds[f"c2s-close-{code}"] = to_server + masked(struct.pack("!H", code) + b"bye", CLOSE)
+    seeds["c2s-close-empty"] = to_server + masked(b"", CLOSE)
+    seeds["c2s-close-bad-utf8"] = to_server + masked(struct.pack("!H", 1000) + b"\xff", CLOSE)
+    seeds["c2s-len16"] = to_server + masked(b"x" * 300)
+    seeds["c2s-len64"] = to_server + masked(b"y" * 70_000)[:14] + b"y" * 64
+    seeds["s2c-rsv1"] = to_client + bytes([0xC1, 0x01]) + b"x"
+    seeds["s2c-masked"] = to_client + masked(b"x")
+    seeds["s2c-bad-utf8"] = to_client + ws_frame(b"\xed\xa0\x80")
+    seeds["s2c-long-ping"] = to_client + bytes([0x89, 126, 0, 126]) + b"x" * 126
+    return seeds
+
+
 def write(directory: Path, seeds: dict[str, bytes]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in seeds.items():
@@ -110,13 +158,15 @@ def write(directory: Path, seeds: dict[str, bytes]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not 2 <= len(argv) <= 3:
+    if not 2 <= len(argv) <= 4:
         print(__doc__, file=sys.stderr)
         return 2
     vectors = load_vectors()
     write(Path(argv[1]), frame_seeds(vectors))
-    if len(argv) == 3:
+    if len(argv) >= 3:
         write(Path(argv[2]), client_seeds(vectors))
+    if len(argv) == 4:
+        write(Path(argv[3]), wsframe_seeds(vectors))
     return 0
 
 
