@@ -125,7 +125,10 @@ class SignallingClient(EventEmitter):
         )
         self._token_provider = token_provider
         self._token_timeout = float(timeout)
-        self._core = ClientConnection(self._config, random.SystemRandom())
+        # one OS-seeded generator: request ids and masking keys without a syscall each
+        self._core = ClientConnection(
+            self._config, random.Random(random.SystemRandom().getrandbits(256))
+        )
         self._bg = BackgroundTasks("SignallingClient", self._log)
         self._spawn = self._bg.spawn  # async handlers run as tasks of the client
         self._waiters: dict[str, _Waiter] = {}

@@ -29,23 +29,15 @@ watchdog, close flush (1 s), reconnect backoff and the 2 s resubscribe retries.
 from __future__ import annotations
 
 import math
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from wsproto import WSConnection
-from wsproto.connection import ConnectionState, ConnectionType
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
-from wsproto.events import Message as WsMessage
+from wsproto.connection import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection, Request
 from wsproto.utilities import ProtocolError as WsProtocolError
 
 from metered_realtime.core.errors import (
@@ -104,6 +96,18 @@ from metered_realtime.core.validation import (
     split_base_url,
     uuid4,
 )
+from metered_realtime.core.wsframe import (
+    FAIL,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameDecoder,
+    close_payload,
+    encode_frame,
+    masked_text,
+)
 
 __all__ = ["ClientConfig", "ClientConnection", "ClientEvent"]
 
@@ -111,6 +115,7 @@ ClientEvent = AppEvent | Action
 
 DEFAULT_MAX_MESSAGE_SIZE = 65_536
 TOKEN_FAILURE_THRESHOLD = 3
+_END_OF_HEAD = re.compile(rb"\n\r?\n")  # where h11 ends a response head
 
 
 @dataclass(frozen=True)
@@ -176,13 +181,14 @@ class ClientConnection:
         self._out = bytearray()
         self._state = "idle"
         self._phase = _NO_SOCKET
-        self._ws: WSConnection | None = None
+        self._ws: WSConnection | None = None  # wsproto, for the opening handshake only
+        self._handshake_bytes = bytearray()  # the response so far, to find where frames start
+        self._dec: FrameDecoder | None = None  # frames, once the upgrade is accepted
+        self._ws_open = False  # upgraded, and no close frame sent or received yet
         self._credential: tuple[str, str] | None = None
         self._opened = False  # the current socket completed its opening handshake
         self._welcomed = False  # the current socket got its welcome
         self._welcomed_since_connect = False
-        self._partial: list[str] = []
-        self._partial_len = 0
         self._pending: dict[str, _Pending] = {}
         self._tracked: dict[str, bool] = {}  # channel → include_sender_metadata
         self._resub_used: dict[str, int] = {}
@@ -292,8 +298,8 @@ class ClientConnection:
         self._fail_pending()
         if self._state not in ("idle", "closed"):
             self._set_state("closed")
-        if self._ws is not None and self._ws.state is ConnectionState.OPEN:
-            self._out += self._ws.send(CloseConnection(code=code, reason=reason))
+        if self._ws_open:
+            self._send_close(code, reason)
             self._phase = _CLOSING
             self._handshake_at = self._welcome_at = None
             self._close_at = now + self.config.close_timeout
@@ -381,6 +387,7 @@ class ClientConnection:
         if self._port != default_port:
             host = f"{host}:{self._port}"
         self._ws = WSConnection(ConnectionType.CLIENT)
+        self._handshake_bytes.clear()
         self._out += self._ws.send(Request(host=host, target=target))
         self._phase = _HANDSHAKE
         self._handshake_at = now + self.config.handshake_timeout
@@ -403,38 +410,61 @@ class ClientConnection:
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read from the transport."""
-        ws = self._ws
-        if ws is None or self._phase not in (_HANDSHAKE, _OPEN, _CLOSING) or not data:
+        dec = self._dec
+        if dec is not None:
+            if data:
+                self._receive_frames(dec, data, now)
             return
+        if self._ws is None or self._phase != _HANDSHAKE or not data:
+            return
+        ws = self._ws
+        self._handshake_bytes += data
         try:
             ws.receive_data(data)
             for event in ws.events():
-                if type(event) is TextMessage:
-                    self._on_text(event, now)
-                elif isinstance(event, CloseConnection):
-                    self._on_close_frame(event.code, event.reason or "", now)
-                elif isinstance(event, AcceptConnection):
+                if isinstance(event, AcceptConnection):
+                    head = _END_OF_HEAD.search(self._handshake_bytes)
+                    assert head is not None  # h11 has just parsed a whole response head
+                    trailing = bytes(self._handshake_bytes[head.end() :])
+                    self._handshake_bytes.clear()
+                    self._ws = None
                     self._phase = _OPEN
                     self._opened = True
                     self._handshake_at = None
                     self._welcome_at = now + self.config.welcome_timeout
                     self._last_rx = now
-                elif isinstance(event, BytesMessage):
-                    if event.message_finished:
-                        self._emit(FrameDropped("binary_frame", "binary frames are not used"))
-                elif isinstance(event, Ping):
-                    self._out += ws.send(event.response())
-                elif isinstance(event, RejectConnection):
+                    self._ws_open = True
+                    self._dec = dec = FrameDecoder(
+                        client=True, max_message=self.config.max_inbound_message
+                    )
+                    if trailing:
+                        self._receive_frames(dec, trailing, now)
+                    return
+                if isinstance(event, RejectConnection):
                     self._reset_socket()
                     self._emit(CloseTransport())
                     self._socket_lost(event.status_code, "handshake rejected", now)
-                    return
-                if self._ws is not ws:  # the socket was dropped while handling an event
                     return
         except WsProtocolError:
             self._reset_socket()
             self._emit(CloseTransport())
             self._socket_lost(1002, "protocol error", now)
+
+    def _receive_frames(self, dec: FrameDecoder, data: bytes, now: float) -> None:
+        for op, payload in dec.feed(data):
+            if op == OP_TEXT:
+                self._on_text(payload, now)
+            elif op == OP_CLOSE:
+                self._on_close_frame(payload[0], payload[1], now)
+            elif op == OP_PING:
+                if self._ws_open:
+                    self._out += encode_frame(OP_PONG, payload, self._rng)
+            elif op == OP_BINARY:
+                self._emit(FrameDropped("binary_frame", "binary frames are not used"))
+            elif op == FAIL:
+                self._on_protocol_failure(payload[0], payload[1], now)
+            if self._dec is not dec:  # the socket was dropped while handling an event
+                return
 
     # --- timers -----------------------------------------------------------------------
 
@@ -480,8 +510,12 @@ class ClientConnection:
         return self._state == "connected" and self._phase == _OPEN
 
     def _write(self, text: str) -> None:
-        assert self._ws is not None
-        self._out += self._ws.send(WsMessage(data=text))
+        assert self._ws_open
+        self._out += masked_text(text, self._rng)
+
+    def _send_close(self, code: int, reason: str) -> None:
+        self._ws_open = False
+        self._out += encode_frame(OP_CLOSE, close_payload(code, reason), self._rng)
 
     def _new_id(self) -> str:
         return uuid4(self._rng)
@@ -520,28 +554,9 @@ class ClientConnection:
 
     # --- internals: receiving ---------------------------------------------------------
 
-    def _on_text(self, event: TextMessage, now: float) -> None:
+    def _on_text(self, chunk: str, now: float) -> None:
         if self._phase == _CLOSING:
             return  # after close() the session is over (§2.7): a late welcome must not revive it
-        chunk = event.data
-        if not event.message_finished or self._partial:
-            self._partial.append(chunk)
-            self._partial_len += len(chunk.encode("utf-8", "surrogatepass"))
-            if self._partial_len > self.config.max_inbound_message:
-                self._partial.clear()
-                self._partial_len = 0
-                self._local_close(1009, "frame exceeded client cap", now)
-                return
-            if not event.message_finished:
-                return
-            chunk = "".join(self._partial)
-            self._partial.clear()
-            self._partial_len = 0
-        elif len(chunk) * 3 > self.config.max_inbound_message and (
-            len(chunk.encode("utf-8", "surrogatepass")) > self.config.max_inbound_message
-        ):
-            self._local_close(1009, "frame exceeded client cap", now)
-            return
         self._last_rx = now
         try:
             frame = decode_server_frame(chunk)
@@ -618,10 +633,8 @@ class ClientConnection:
 
     def _on_close_frame(self, code: int | None, reason: str, now: float) -> None:
         closing = self._phase == _CLOSING
-        ws = self._ws
-        if ws is not None and ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            echo = code if code is not None and code not in (1005, 1006, 1015) else 1000
-            self._out += ws.send(CloseConnection(code=echo, reason=reason))
+        if self._ws_open:
+            self._send_close(code if code is not None else 1000, reason)
         self._reset_socket()
         self._emit(CloseTransport())
         if not closing:
@@ -645,10 +658,11 @@ class ClientConnection:
 
     def _reset_socket(self) -> None:
         self._ws = None
+        self._dec = None
+        self._ws_open = False
+        self._handshake_bytes.clear()
         self._phase = _NO_SOCKET
         self._handshake_at = self._welcome_at = self._close_at = None
-        self._partial.clear()
-        self._partial_len = 0
 
     def _drop_socket(self) -> None:
         self._reset_socket()
@@ -656,12 +670,18 @@ class ClientConnection:
 
     def _local_close(self, code: int, reason: str, now: float) -> None:
         """The client gives up on the socket (watchdog, welcome timeout, cap) and moves on."""
-        ws = self._ws
-        if ws is not None and ws.state is ConnectionState.OPEN:
-            self._out += ws.send(CloseConnection(code=code, reason=reason))
+        if self._ws_open:
+            self._send_close(code, reason)
         self._reset_socket()
         self._emit(CloseTransport())
         self._socket_lost(code, reason, now)
+
+    def _on_protocol_failure(self, code: int, reason: str, now: float) -> None:
+        """The server broke RFC 6455 (1002, 1007) or sent a message over the cap (1009)."""
+        if self._phase == _CLOSING:
+            self._drop_socket()  # close() is already under way; nothing more to learn
+            return
+        self._local_close(code, "frame exceeded client cap" if code == 1009 else reason, now)
 
     def _socket_lost(self, code: int, reason: str, now: float) -> None:
         opened = self._opened
