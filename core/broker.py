@@ -22,24 +22,15 @@ from __future__ import annotations
 import heapq
 import hmac
 import re
-import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    Request,
-    TextMessage,
-)
+from wsproto.connection import ConnectionType
+from wsproto.events import AcceptConnection, Request
 from wsproto.handshake import H11Handshake
-from wsproto.utilities import ProtocolError as WsProtocolError
 
 from metered_realtime.core.errors import FrameRejected
 from metered_realtime.core.events import PresencePeer
@@ -62,6 +53,18 @@ from metered_realtime.core.frames import (
 )
 from metered_realtime.core.jwt import PERMISSIONS, TokenClaims, TokenRejected, verify_hs256
 from metered_realtime.core.validation import RandomSource, compile_pattern, uuid4
+from metered_realtime.core.wsframe import (
+    FAIL,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameDecoder,
+    close_payload,
+    encode_frame,
+)
+from metered_realtime.core.wsframe import server_text as _ws_text
 
 __all__ = [
     "Broker",
@@ -172,17 +175,6 @@ class _Channel:
         self.members: dict[str, list[Any]] = {}  # peer id → [connection count, metadata]
 
 
-def _ws_text(text: str) -> bytes:
-    """An unmasked, unfragmented server text frame."""
-    payload = text.encode("utf-8", "surrogatepass")
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65_536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
-
-
 _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
 
 
@@ -201,11 +193,9 @@ class Session:
         self.grant: _Grant | None = None
         self.subs: dict[str, bool] = {}
         self._phase = _HANDSHAKE
-        self._handshake = H11Handshake(ConnectionType.SERVER)
-        self._ws: Connection | None = None
-        self._partial: list[str] = []
-        self._partial_bytes = 0
-        self._binary = False
+        self._handshake: H11Handshake | None = H11Handshake(ConnectionType.SERVER)
+        self._dec: FrameDecoder | None = None  # frames, once the upgrade is accepted
+        self._ws_open = False  # upgraded, and no close frame sent or received yet
         self.last_rx = 0.0
         self._tokens = float(broker.config.limits.rate_burst)
         self._tokens_at = 0.0
@@ -232,26 +222,24 @@ class Session:
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read from the transport."""
-        ws = self._ws
-        if ws is None or self._phase == _CLOSED or not data:
+        dec = self._dec
+        if dec is None or self._phase == _CLOSED or not data:
             return
         self.last_rx = now
-        try:
-            ws.receive_data(data)
-            for event in ws.events():
-                kind = type(event)
-                if kind is TextMessage:
-                    self._on_text(event, now)  # type: ignore[arg-type]
-                elif kind is BytesMessage:
-                    self._on_binary(event, now)  # type: ignore[arg-type]
-                elif kind is CloseConnection:
-                    self._on_close(event, now)  # type: ignore[arg-type]
-                elif kind is Ping and ws.state is ConnectionState.OPEN:
-                    self.broker._queue(self, ws.send(event.response()))  # type: ignore[attr-defined]
-                if self._phase == _CLOSED:
-                    break
-        except WsProtocolError:
-            self.close(1002, "protocol error", now)
+        for op, payload in dec.feed(data):
+            if op == OP_TEXT:
+                self._on_text(payload, now)
+            elif op == OP_BINARY:
+                self._on_binary(now)
+            elif op == OP_CLOSE:
+                self._on_close(payload[0], payload[1], now)
+            elif op == OP_PING:
+                if self._ws_open:
+                    self.broker._queue(self, encode_frame(OP_PONG, payload))
+            elif op == FAIL:
+                self._on_failure(payload[0], payload[1], now)
+            if self._phase == _CLOSED:
+                break
         self.broker._settle(now)
 
     def connection_lost(self, now: float) -> None:
@@ -266,12 +254,8 @@ class Session:
         was_open = self._phase == _OPEN
         self._phase = _CLOSING
         self.close_code = code
-        ws = self._ws
-        if ws is not None and ws.state is ConnectionState.OPEN:
-            self.broker._queue(
-                self,
-                ws.send(CloseConnection(code=code, reason=reason or CLOSE_REASONS.get(code, ""))),
-            )
+        if self._ws_open:
+            self._send_close(code, reason or CLOSE_REASONS.get(code, ""))
         self.broker._leave_all(self, now)
         if was_open:
             self.broker._log("info", "disconnect", {"peer": self.peer_id, "code": code})
@@ -279,28 +263,24 @@ class Session:
 
     # --- frames -----------------------------------------------------------------------
 
-    def _on_binary(self, event: BytesMessage, now: float) -> None:
-        if event.message_finished and self._phase == _OPEN:
+    def _send_close(self, code: int | None, reason: str) -> None:
+        self._ws_open = False
+        self.broker._queue(self, encode_frame(OP_CLOSE, close_payload(code, reason)))
+
+    def _on_binary(self, now: float) -> None:
+        if self._phase == _OPEN:
             self._reply(ErrorFrame("malformed_message", None, "binary frames are not supported"))
 
-    def _on_text(self, event: TextMessage, now: float) -> None:
-        chunk = event.data
-        cap = self.broker.config.limits.max_frame_bytes
-        if not event.message_finished or self._partial:
-            self._partial.append(chunk)
-            self._partial_bytes += len(chunk.encode("utf-8", "surrogatepass"))
-            if self._partial_bytes > cap:
-                self._partial.clear()
-                self.close(1009, None, now)
-                return
-            if not event.message_finished:
-                return
-            chunk = "".join(self._partial)
-            self._partial.clear()
-            self._partial_bytes = 0
-        elif len(chunk) * 4 > cap and len(chunk.encode("utf-8", "surrogatepass")) > cap:
-            self.close(1009, None, now)
+    def _on_failure(self, code: int, reason: str, now: float) -> None:
+        """The client broke RFC 6455 (1002, 1007) or sent a message over the cap (1009)."""
+        if code == 1009:
+            self.close(1009, None, now)  # the decoder drains, so the closing handshake can end
             return
+        if self._ws_open:
+            self._send_close(code, reason)
+        self.broker._finish(self, code, reason, now)
+
+    def _on_text(self, chunk: str, now: float) -> None:
         if self._phase != _OPEN:
             return
         limits = self.broker.config.limits
@@ -321,12 +301,10 @@ class Session:
             return
         self.broker._dispatch(self, frame, now)
 
-    def _on_close(self, event: CloseConnection, now: float) -> None:
-        ws = self._ws
-        if ws is not None and ws.state is ConnectionState.REMOTE_CLOSING:
-            self.broker._queue(self, ws.send(event.response()))
-        code = event.code if event.code is not None else 1005
-        self.broker._finish(self, code, event.reason or "", now)
+    def _on_close(self, code: int | None, reason: str, now: float) -> None:
+        if self._ws_open:
+            self._send_close(code, reason)  # the echo (empty when the close was)
+        self.broker._finish(self, code if code is not None else 1005, reason, now)
 
     def _reply(self, frame: Any) -> None:
         self.broker._queue(self, _ws_text(frame.encode()))
@@ -395,13 +373,16 @@ class Broker:
         session = Session(self, self._next_sid, remote, origin)
         session.last_rx = now
         hs = session._handshake
+        assert hs is not None
         hs.initiate_upgrade_connection(list(headers), target)
         for event in hs.events():
             if isinstance(event, Request):
                 self._queue(session, hs.send(AcceptConnection()))
-        session._ws = hs.connection
-        if session._ws is None:
+        if hs.connection is None:
             raise ValueError("not a WebSocket upgrade request")
+        session._handshake = None  # wsproto's part ends here: frames go through the codec
+        session._dec = FrameDecoder(client=False, max_message=self.config.limits.max_frame_bytes)
+        session._ws_open = True
         self.sessions[session.sid] = session
         self._authenticate(session, target, now)
         if trailing and session._phase != _CLOSED:
@@ -429,6 +410,9 @@ class Broker:
         while self._timers and self._timers[0][0] <= now:
             _, _, sid, kind = heapq.heappop(self._timers)
             if kind == "shutdown":
+                # Everyone is leaving at once: no presence deltas, so peers that reconnect
+                # to the next server instance keep their view of each other (§5.4).
+                self._closing_all = True
                 for each in list(self.sessions.values()):
                     each.close(1001, None, now)
                 continue
@@ -444,8 +428,8 @@ class Broker:
                     self._finish(session, 1006, "idle timeout", now)
                 else:
                     self._schedule(due, session, "idle")
-            elif kind == "ping" and session._phase == _OPEN and session._ws is not None:
-                self._queue(session, session._ws.send(Ping()))
+            elif kind == "ping" and session._phase == _OPEN and session._ws_open:
+                self._queue(session, encode_frame(OP_PING, b""))
                 self._schedule(now + limits.ping_interval, session, "ping")
             elif kind == "expiry" and session._phase == _OPEN:
                 session.close(4002, None, now)
@@ -672,7 +656,11 @@ class Broker:
             entry = PresencePeer(session.peer_id, grant.peer_metadata)
             self._presence_to_others(ch, session, PresenceFrame(channel, (entry,), ()))
 
+    _closing_all = False
+
     def _presence_to_others(self, ch: _Channel, session: Session, frame: PresenceFrame) -> None:
+        if self._closing_all:
+            return
         data: bytes | None = None
         for other in ch.sessions:
             if (

@@ -17,12 +17,16 @@ it has no per-frame objects, generators or extension hooks (we never negotiate e
 ``FAIL``            ``(code, reason)`` — the peer broke the protocol; fail the connection
 ==================  ==================================================================
 
-After ``OP_CLOSE`` or ``FAIL`` the decoder ignores everything else it is fed. Failure codes:
-1002 for framing errors (RSV bits, unknown opcodes, a mask on the wrong side, fragmented or
-oversized control frames, a bad continuation sequence, non-minimal or 64-bit-MSB lengths, a
-close frame with a 1-byte body or an invalid code), 1007 for invalid UTF-8 (text messages,
-close reasons), 1009 for a message over ``max_message`` bytes — checked from the frame header,
-before any of its payload is buffered.
+After ``OP_CLOSE``, or a ``FAIL`` with 1002 (framing errors: RSV bits, unknown opcodes, a mask
+on the wrong side, fragmented or oversized control frames, a bad continuation sequence,
+non-minimal or 64-bit-MSB lengths, a close frame with a 1-byte body or an invalid code) or 1007
+(invalid UTF-8 in a text message or a close reason), the decoder ignores everything else it is
+fed.
+
+A message over ``max_message`` bytes is a ``FAIL`` with 1009, detected from the frame header
+before any of its payload is buffered. The decoder then *drains*: it keeps parsing frame
+headers, discards every payload unbuffered, and reports only a close frame (or a framing
+error), so the closing handshake the 1009 starts can still complete.
 
 Masking keys come from the injected random source (``getrandbits(32)``); the core draws no
 randomness of its own.
@@ -171,10 +175,12 @@ class FrameDecoder:
     __slots__ = (
         "_buf",
         "_client",
+        "_draining",
         "_frag",
         "_frag_len",
         "_frag_op",
         "_max",
+        "_skip",
         "_utf8",
         "done",
     )
@@ -187,8 +193,15 @@ class FrameDecoder:
         self._frag: list[Any] = []
         self._frag_len = 0
         self._utf8: codecs.IncrementalDecoder | None = None
+        self._draining = False  # after a 1009: payloads are skipped, only a close counts
+        self._skip = 0  # payload bytes still to discard before the next frame header
         self.done = False
         """True once a close frame was decoded or the peer broke the protocol."""
+
+    @property
+    def draining(self) -> bool:
+        """True after a 1009: the rest of the stream is skipped up to a close frame."""
+        return self._draining
 
     @property
     def buffered(self) -> int:
@@ -199,6 +212,12 @@ class FrameDecoder:
         """Decode ``data`` (any cut of the stream); return the events it completes."""
         if self.done or not data:
             return []
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return []
+            data = data[self._skip :]
+            self._skip = 0
         buf: bytes | bytearray
         if self._buf:
             self._buf += data
@@ -228,6 +247,7 @@ class FrameDecoder:
         n = len(buf)
         pos = 0
         client = self._client
+        mask_len = 0 if client else 4
         while n - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
@@ -268,16 +288,30 @@ class FrameDecoder:
                     if length < 65_536:
                         raise _Failed(1002, "payload length not minimally encoded")
                     start = pos + 10
-                if opcode == OP_CONTINUATION:
+                if self._draining:
+                    too_big = True
+                elif opcode == OP_CONTINUATION:
                     if not self._frag_op:
                         raise _Failed(1002, "continuation frame without a message to continue")
-                    if self._frag_len + length > self._max:
-                        raise _Failed(1009, "message too big")
+                    too_big = self._frag_len + length > self._max
                 else:
                     if self._frag_op:
                         raise _Failed(1002, "new message inside a fragmented message")
-                    if length > self._max:
-                        raise _Failed(1009, "message too big")
+                    too_big = length > self._max
+                if too_big:
+                    if not self._draining:
+                        self._draining = True
+                        self._frag_op = 0
+                        self._frag = []
+                        self._frag_len = 0
+                        self._utf8 = None
+                        events.append((FAIL, (1009, "message too big")))
+                    end = start + mask_len + length
+                    if end > n:
+                        self._skip = end - n
+                        return n
+                    pos = end
+                    continue
             if client:
                 end = start + length
                 if end > n:
@@ -289,6 +323,8 @@ class FrameDecoder:
                     break
                 payload = mask(bytes(buf[start + 4 : end]), bytes(buf[start : start + 4]))
             pos = end
+            if self._draining and opcode != OP_CLOSE:
+                continue
             if opcode == OP_TEXT:
                 if fin:
                     try:

@@ -2,14 +2,16 @@
 
 Usage: python fuzz/fuzz_wsframe.py [libFuzzer options] [CORPUS_DIR ...]
 
-The first input byte picks the role (even: decode what a server sends, unmasked; odd: what a
-client sends, masked); the rest is the byte stream. A crash is:
+The first input byte picks the role (bit 0 even: decode what a server sends, unmasked; odd: what
+a client sends, masked) and the size cap for the chunking check (bits 1-2: 1 MiB, 16, 200 or
+4096 bytes); the rest is the byte stream. A crash is:
 
 * any exception from ``FrameDecoder.feed`` (protocol errors must come back as a ``FAIL``
   event with code 1002, 1007 or 1009, never raise);
-* events of the wrong shape, or events after a ``FAIL`` or ``OP_CLOSE``;
+* events of the wrong shape, or events after a ``FAIL`` or ``OP_CLOSE`` (except, after a 1009,
+  one close frame or one framing failure);
 * decoding in chunks (sizes from a PRNG seeded with the input's CRC-32) giving different
-  events from decoding the stream whole;
+  events from decoding the stream whole, or a draining decoder holding payload bytes;
 * disagreement with wsproto's frame layer on the stream's whole frames: the same messages and
   control frames, and a failure (with the same close code) exactly when wsproto fails —
   except for close code 1014, which we accept (IANA-registered) and wsproto does not;
@@ -44,13 +46,19 @@ with atheris.instrument_imports():
     )
 
 CAP = 1 << 20
+CAPS = (CAP, 16, 200, 4096)
 FAIL_CODES = frozenset({1002, 1007, 1009})
 SHAPES = {OP_TEXT: str, OP_BINARY: bytes, OP_PING: bytes, OP_PONG: bytes}
 
 
 def check_shapes(events: list[tuple[int, Any]]) -> None:
     for i, (op, payload) in enumerate(events):
-        if op in (FAIL, OP_CLOSE) and i != len(events) - 1:
+        last = i == len(events) - 1
+        if op == FAIL and payload[0] == 1009 and not last:
+            rest = events[i + 1 :]
+            if len(rest) != 1 or rest[0][0] not in (OP_CLOSE, FAIL) or rest[0][1][0] == 1009:
+                raise AssertionError(f"after a 1009: {rest!r}")
+        elif op in (FAIL, OP_CLOSE) and not last:
             raise AssertionError(f"events after {op}: {events[i + 1 :]!r}")
         if op == FAIL:
             code, reason = payload
@@ -158,18 +166,21 @@ def TestOneInput(data: bytes) -> None:
     if not data:
         return
     client = data[0] % 2 == 0  # the decoder's role: True = we are the client
+    cap = CAPS[(data[0] >> 1) % 4]
     stream = data[1:]
-    whole = FrameDecoder(client=client, max_message=CAP).feed(stream)
+    whole = FrameDecoder(client=client, max_message=cap).feed(stream)
     check_shapes(whole)
 
     rng = random.Random(zlib.crc32(data))
-    dec = FrameDecoder(client=client, max_message=CAP)
+    dec = FrameDecoder(client=client, max_message=cap)
     chunked: list[tuple[int, Any]] = []
     pos = 0
     while pos < len(stream):
         size = rng.choice((1, 2, 3, 5, 9, 14, 64, len(stream)))
         chunked += dec.feed(stream[pos : pos + size])
         pos += size
+        if dec.draining and dec.buffered > 14 + 125:  # a header, or a whole control frame
+            raise AssertionError(f"draining, yet holding {dec.buffered} bytes")
     if chunked != whole:
         raise AssertionError(f"chunked {chunked!r} != whole {whole!r}")
 

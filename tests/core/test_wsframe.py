@@ -462,3 +462,96 @@ def test_after_a_failure_everything_is_ignored() -> None:
     assert failure(events) == 1002
     assert dec.done
     assert dec.feed(frame(OP_TEXT, b"again")) == []
+
+
+@pytest.mark.parametrize("client", [True, False])
+def test_after_1009_the_decoder_drains_to_the_close_frame(client: bool) -> None:
+    """The rest of an oversized message is skipped unbuffered; a close frame still counts."""
+    key = None if client else KEY
+    stream = (
+        frame(OP_TEXT, b"x" * 5000, key=key)
+        + frame(OP_PING, b"ignored", key=key)
+        + frame(OP_TEXT, b"small, but after the 1009", key=key)
+        + frame(OP_BINARY, b"y" * 70_000, fin=False, key=key)
+        + frame(OP_CONTINUATION, b"z" * 10, key=key)
+        + frame(OP_CLOSE, struct.pack("!H", 1009), key=key)
+        + frame(OP_TEXT, b"after the close", key=key)
+    )
+    expect = [(FAIL, (1009, "message too big")), (OP_CLOSE, (1009, ""))]
+    assert decode_all(stream, client=client, cap=1000) == expect
+    assert decode_bytewise(stream, client=client, cap=1000) == expect
+    dec = FrameDecoder(client=client, max_message=1000)
+    assert dec.feed(stream[:20]) == [(FAIL, (1009, "message too big"))]
+    assert dec.draining
+    assert dec.buffered == 0  # the 5000-byte payload is never held
+    assert dec.feed(stream[20:4000]) == []
+    assert dec.buffered == 0
+    assert dec.feed(stream[4000:]) == [(OP_CLOSE, (1009, ""))]
+    assert dec.done
+
+
+def test_a_framing_error_while_draining_still_fails() -> None:
+    dec = FrameDecoder(client=True, max_message=10)
+    assert failure(dec.feed(frame(OP_TEXT, b"x" * 11))) == 1009
+    assert failure(dec.feed(bytes([0xC1, 0x00]))) == 1002
+    assert dec.done
+
+
+# --- the codec in the broker and in the client machine -------------------------------------
+
+
+def test_broker_answers_a_protocol_error_with_a_1002_close_and_drops_the_session() -> None:
+    from tests.wire import Net, RawClient
+
+    net = Net()
+    c = RawClient(net)
+    assert c.welcome is not None
+    c.send_raw(bytes([0xC1, 0x80]) + KEY)  # RSV1 set: no extension was negotiated
+    assert c.close_code == 1002
+    assert c.transport_closed
+    assert net.broker.sessions == {}
+
+
+def test_broker_1009_closing_handshake_completes_on_the_echo() -> None:
+    from tests.wire import Net, RawClient
+
+    net = Net()
+    c = RawClient(net)
+    session = c.server.session if c.server is not None else None
+    assert session is not None
+    c.send_json({"type": "publish", "channel": "c", "data": "x" * 70_000, "requestId": "r"})
+    assert c.close_code == 1009  # RawClient echoes the close at once…
+    assert c.transport_closed  # …and the broker, still reading past the skipped payload, ends
+    assert session.close_code == 1009
+    assert net.broker.sessions == {}
+
+
+def test_broker_answers_pings_and_echoes_an_empty_close() -> None:
+    from tests.wire import Net, RawClient
+
+    net = Net()
+    c = RawClient(net)
+    server = c.server
+    assert server is not None
+    server.receive_data(to_server(OP_PING, b"hi"), net.now)
+    assert server.data_to_send() == encode_frame(OP_PONG, b"hi")
+    server.receive_data(to_server(OP_CLOSE, b""), net.now)
+    assert server.data_to_send() == encode_frame(OP_CLOSE, b"")
+    assert server.close_transport
+
+
+def test_client_machine_fails_1002_on_a_masked_server_frame() -> None:
+    from metered_realtime.core import Disconnected
+    from tests.helpers import Harness
+
+    h = Harness()
+    h.connect()
+    assert h.client.state == "connected"
+    assert h.server is not None
+    server = h.server
+    h.client.receive_data(frame(OP_TEXT, b"{}", key=KEY), h.now)
+    h.pump()
+    assert server.close_code == 1002
+    (lost,) = h.of(Disconnected)
+    assert lost.code == 1002
+    assert lost.will_reconnect
