@@ -22,7 +22,7 @@ __all__ = ["EventEmitter", "EventStream", "Handler"]
 
 E = TypeVar("E")
 Handler = Callable[[E], "Awaitable[None] | None"]
-Spawner = Callable[[Callable[[], Awaitable[None]]], None]
+Spawner = Callable[..., None]
 
 
 class EventStream(AsyncIterator[E]):

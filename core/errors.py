@@ -10,6 +10,14 @@ import re
 
 __all__ = [
     "AckTimeoutError",
+    "DataChannelOverflowError",
+    "IceRestartExhaustedError",
+    "MeteredPeerOversizedError",
+    "MeteredPeerReplaceTrackError",
+    "MeteredPeerSendError",
+    "MeteredPeerStateError",
+    "ReconcileTimeoutError",
+    "ReplaceTrackFailure",
     "DisconnectedError",
     "FrameRejected",
     "LocalProtocolError",
@@ -144,3 +152,81 @@ class MalformedFrameError(MeteredRealtimeError, ValueError):
 
 class FrameRejected(MalformedFrameError):
     """A client frame failed a syntactic check (``invalid_channel``, ``unknown_type``…)."""
+
+
+class ReconcileTimeoutError(MeteredRealtimeError):
+    """No presence snapshot arrived after a signalling reconnect, even after resubscribing."""
+
+    code = "reconcile_timeout"
+
+
+class MeteredPeerSendError(MeteredRealtimeError):
+    """A ``MeteredPeer`` call was refused locally: ``reserved_channel``, ``not_joined``,
+    ``invalid_args`` or ``self_send``."""
+
+    def __init__(self, code: str, message: str | None = None) -> None:
+        super().__init__(message or code.replace("_", " "), code=code)
+
+
+class MeteredPeerOversizedError(MeteredRealtimeError, ValueError):
+    """A payload does not fit the server's ``maxMessageSize``; nothing was sent."""
+
+    code = "oversized"
+
+    def __init__(self, size: int, cap: int) -> None:
+        self.size = size
+        self.cap = cap
+        super().__init__(f"payload of {size} bytes exceeds the {cap}-byte message cap")
+
+
+class MeteredPeerStateError(MeteredRealtimeError):
+    """A ``MeteredPeer`` method is not allowed now: ``invalid_state`` or
+    ``track_already_attached``."""
+
+    def __init__(self, code: str, method: str, current_state: str) -> None:
+        self.method = method
+        self.current_state = current_state
+        super().__init__(f"{method}() not allowed in state {current_state} ({code})", code=code)
+
+
+class ReplaceTrackFailure:
+    """One remote peer for which ``replace_track`` failed."""
+
+    __slots__ = ("err", "peer_id")
+
+    def __init__(self, peer_id: str, err: BaseException) -> None:
+        self.peer_id = peer_id
+        self.err = err
+
+    def __repr__(self) -> str:
+        return f"ReplaceTrackFailure(peer_id={self.peer_id!r}, err={scrub(repr(self.err))})"
+
+
+class MeteredPeerReplaceTrackError(MeteredRealtimeError):
+    """``replace_track`` failed for some remote peers (``failed``) and not others."""
+
+    code = "replace_track_failed"
+
+    def __init__(self, succeeded: tuple[str, ...], failed: tuple[ReplaceTrackFailure, ...]) -> None:
+        self.succeeded = succeeded
+        self.failed = failed
+        super().__init__(
+            f"replace_track failed for {len(failed)} of {len(succeeded) + len(failed)} peers"
+        )
+
+
+class DataChannelOverflowError(MeteredRealtimeError):
+    """More than ``cap`` sends are already waiting on a data channel's buffer."""
+
+    code = "data_channel_overflow"
+
+    def __init__(self, queued: int, cap: int) -> None:
+        self.queued = queued
+        self.cap = cap
+        super().__init__(f"{queued} sends already queued (cap {cap})")
+
+
+class IceRestartExhaustedError(MeteredRealtimeError):
+    """The ICE recovery ladder gave up after its last attempt."""
+
+    code = "ice_restart_exhausted"

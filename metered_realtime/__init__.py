@@ -12,9 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from metered_realtime.core.errors import (
     AckTimeoutError,
+    DataChannelOverflowError,
     DisconnectedError,
+    IceRestartExhaustedError,
+    MeteredPeerOversizedError,
+    MeteredPeerReplaceTrackError,
+    MeteredPeerSendError,
+    MeteredPeerStateError,
     MeteredRealtimeError,
     NotConnectedError,
+    ReplaceTrackFailure,
     ServerRequestError,
     SignallingConnectError,
     SignallingError,
@@ -34,25 +41,82 @@ from metered_realtime.core.events import (
 from metered_realtime.core.options import SubscribeOptions
 from metered_realtime.core.reconnect import ReconnectOptions, WsCloseCode
 from metered_realtime.core.validation import IceServerConfig
+from metered_realtime.media.stream import MediaStream, StreamMetadata
 
 if TYPE_CHECKING:
+    from metered_realtime.adapters.datachannel import DataChannel
     from metered_realtime.adapters.log import Logger, StdlibLogger
+    from metered_realtime.adapters.peer import MeteredPeer, RemotePeer
+    from metered_realtime.adapters.peer_events import (
+        ConnectionReset,
+        Data,
+        DataChannelOpened,
+        DCClose,
+        DCError,
+        DCMessage,
+        DCOpen,
+        FatalError,
+        IceCandidateError,
+        Joined,
+        Left,
+        NegotiationError,
+        PeerJoined,
+        PeerLeft,
+        StreamAdded,
+        StreamRemoved,
+        Track,
+    )
     from metered_realtime.adapters.signalling import SignallingClient
+    from metered_realtime.media.audio import AudioSource
+    from metered_realtime.media.frames import iter_frames
 
 __version__ = "0.1.0"
 
+_PEER_EVENTS = [
+    "ConnectionReset",
+    "Data",
+    "DataChannelOpened",
+    "DCClose",
+    "DCError",
+    "DCMessage",
+    "DCOpen",
+    "FatalError",
+    "IceCandidateError",
+    "Joined",
+    "Left",
+    "NegotiationError",
+    "PeerJoined",
+    "PeerLeft",
+    "StreamAdded",
+    "StreamRemoved",
+    "Track",
+]
 _LAZY = {
     "Logger": "metered_realtime.adapters.log",
     "StdlibLogger": "metered_realtime.adapters.log",
     "SignallingClient": "metered_realtime.adapters.signalling",
+    "MeteredPeer": "metered_realtime.adapters.peer",
+    "RemotePeer": "metered_realtime.adapters.peer",
+    "DataChannel": "metered_realtime.adapters.datachannel",
+    "AudioSource": "metered_realtime.media.audio",
+    "iter_frames": "metered_realtime.media.frames",
+    **dict.fromkeys(_PEER_EVENTS, "metered_realtime.adapters.peer_events"),
 }
+_NEEDS_WEBRTC = {"MeteredPeer", "RemotePeer", "DataChannel", "AudioSource", "iter_frames"}
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'metered_realtime' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        if name in _NEEDS_WEBRTC:
+            raise ImportError(
+                f'{name} needs aiortc and PyAV: pip install ".[webrtc]" (from the source tree)'
+            ) from exc
+        raise
     globals()[name] = value
     return value
 
@@ -63,19 +127,45 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AckTimeoutError",
+    "AudioSource",
     "Connected",
+    "ConnectionReset",
+    "DCClose",
+    "DCError",
+    "DCMessage",
+    "DCOpen",
+    "Data",
+    "DataChannel",
+    "DataChannelOpened",
+    "DataChannelOverflowError",
     "Direct",
     "Disconnected",
     "DisconnectedError",
+    "FatalError",
     "GoingAway",
+    "IceCandidateError",
+    "IceRestartExhaustedError",
     "IceServerConfig",
+    "Joined",
+    "Left",
     "Logger",
+    "MediaStream",
     "Message",
+    "MeteredPeer",
+    "MeteredPeerOversizedError",
+    "MeteredPeerReplaceTrackError",
+    "MeteredPeerSendError",
+    "MeteredPeerStateError",
     "MeteredRealtimeError",
+    "NegotiationError",
     "NotConnectedError",
+    "PeerJoined",
+    "PeerLeft",
     "Presence",
     "PresencePeer",
     "ReconnectOptions",
+    "RemotePeer",
+    "ReplaceTrackFailure",
     "ServerError",
     "ServerRequestError",
     "SignallingClient",
@@ -83,8 +173,13 @@ __all__ = [
     "SignallingError",
     "StateChange",
     "StdlibLogger",
+    "StreamAdded",
+    "StreamMetadata",
+    "StreamRemoved",
     "SubscribeOptions",
     "TokenProviderError",
+    "Track",
     "WsCloseCode",
+    "iter_frames",
     "__version__",
 ]
