@@ -2,12 +2,22 @@
 
 Every protocol decision (framing, acks, keepalive, watchdog, backoff, resubscribe) is made by
 :class:`~metered_realtime.core.client.ClientConnection`; this module only moves bytes, runs the
-token provider, keeps time with ``anyio.current_time()`` and turns core events into public
-events and awaited results. It runs unchanged on asyncio and trio.
+token provider, keeps time with the event loop's clock (what ``anyio.current_time()`` reads)
+and turns core events into public events and awaited results. It runs on asyncio and trio.
+
+The socket is driven the cheapest way each backend allows. On asyncio it is an
+:class:`asyncio.Protocol`: bytes are handed to the core in the loop's read callback, and writes
+go straight to the transport, coalesced into one ``write`` per loop iteration (so 64 publishes
+woken by one batch of acks cost one ``send``); timers are ``loop.call_at`` handles and a request
+is a bare future. On trio it is an anyio stream with a reader task and a writer task (woken
+only when it is idle, so the writes of one batch also coalesce), a timer task, and requests park
+the caller with ``trio.lowlevel``. Either way there is one writer per socket, so bytes leave in
+the order the core produced them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import math
@@ -20,7 +30,7 @@ import anyio
 import anyio.abc
 
 from metered_realtime.adapters.events import EventEmitter
-from metered_realtime.adapters.runtime import BackgroundTasks
+from metered_realtime.adapters.runtime import BackgroundTasks, current_backend
 from metered_realtime.core.client import ClientConfig, ClientConnection
 from metered_realtime.core.errors import MeteredRealtimeError, SignallingConnectError
 from metered_realtime.core.events import (
@@ -31,6 +41,7 @@ from metered_realtime.core.events import (
     CredentialNeeded,
     Disconnected,
     FrameDropped,
+    Message,
     OpenTransport,
     ReconnectScheduled,
     RequestCompleted,
@@ -47,10 +58,11 @@ TokenProvider = Callable[[], "Awaitable[str] | str"]
 
 CONNECT_TIMEOUT = 10.0
 READ_SIZE = 65_536
+CLOSE_FLUSH_TIMEOUT = 1.0
 
 
 class _Waiter:
-    """One awaited outcome (a request's reply, a connect)."""
+    """One awaited outcome that is not a request (a connect)."""
 
     __slots__ = ("error", "event")
 
@@ -69,17 +81,89 @@ class _Waiter:
             raise self.error
 
 
-class _Transport:
-    """One socket: its stream, outbound buffer and writer wake-up."""
+class _TrioWaiter:
+    """A request's reply on trio: the waiting task parks, the reply reschedules it.
 
-    __slots__ = ("closing", "out", "scope", "stream", "wake")
+    Shaped like the parts of :class:`asyncio.Future` the client uses, so both backends'
+    waiters are resolved by the same code.
+    """
+
+    __slots__ = ("_done", "_error", "_task")
 
     def __init__(self) -> None:
+        self._done = False
+        self._error: BaseException | None = None
+        self._task: Any = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: None) -> None:
+        self._finish(None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._finish(error)
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._done = True
+        self._error = error
+        task, self._task = self._task, None
+        if task is not None:
+            import trio
+
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        import trio
+
+        if not self._done:
+            self._task = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> Any:
+                self._task = None
+                self._done = True  # a late reply finds nobody to wake
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        if self._error is not None:
+            raise self._error
+
+
+class _Link:
+    """One socket: an asyncio transport, or an anyio stream with its writer's buffer."""
+
+    __slots__ = ("closed", "closing", "out", "stream", "transport", "wake", "write_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.closing = False
+        # asyncio
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] | None = None if loop is None else loop.create_future()
+        self.write_scheduled = False
+        # trio (anyio stream)
         self.stream: anyio.abc.ByteStream | None = None
         self.out = bytearray()
-        self.wake = anyio.Event()
-        self.closing = False
-        self.scope = anyio.CancelScope()
+        self.wake = anyio.Event() if loop is None else None
+
+
+class _ClientProtocol(asyncio.Protocol):
+    """Hands an asyncio transport's events to the client."""
+
+    __slots__ = ("client", "link")
+
+    def __init__(self, client: SignallingClient, link: _Link) -> None:
+        self.client = client
+        self.link = link
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.link.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.client._received(self.link, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._lost(self.link)
 
 
 class SignallingClient(EventEmitter):
@@ -131,13 +215,16 @@ class SignallingClient(EventEmitter):
         )
         self._bg = BackgroundTasks("SignallingClient", self._log)
         self._spawn = self._bg.spawn  # async handlers run as tasks of the client
-        self._waiters: dict[str, _Waiter] = {}
+        self._waiters: dict[str, asyncio.Future[None] | _TrioWaiter] = {}
         self._connect_waiter: _Waiter | None = None
-        self._transport: _Transport | None = None
-        self._timer_wake: anyio.Event | None = None
+        self._transport: _Link | None = None
+        self._timer_wake: anyio.Event | None = None  # trio: the timer task's wake-up
+        self._timer_handle: asyncio.TimerHandle | None = None  # asyncio: the armed timer
         self._timer_at = math.inf
         self._closing = False
         self._change: anyio.Event | None = None
+        self._aio: asyncio.AbstractEventLoop | None = None  # the loop, when on asyncio
+        self._now: Callable[[], float] = anyio.current_time
 
     # --- public API -------------------------------------------------------------------
 
@@ -165,10 +252,11 @@ class SignallingClient(EventEmitter):
             raise MeteredRealtimeError(
                 f"connect() is not allowed in state {self._core.state}", code="invalid_state"
             )
+        self._bind_backend()
         await self._bg.start()
         self._closing = False
         waiter = self._connect_waiter = _Waiter()
-        self._core.connect(anyio.current_time())
+        self._core.connect(self._now())
         self._process()
         try:
             await waiter.wait()
@@ -182,7 +270,7 @@ class SignallingClient(EventEmitter):
         if self._closing:
             return
         self._closing = True
-        self._core.close(anyio.current_time(), code, reason)
+        self._core.close(self._now(), code, reason)
         self._process()
         transport = self._transport
         if transport is not None:
@@ -190,6 +278,7 @@ class SignallingClient(EventEmitter):
                 while self._transport is transport:
                     await self._sleep_until_changed()
         await self._bg.stop()
+        self._cancel_timer()
         if self._connect_waiter is not None:
             self._connect_waiter.resolve(SignallingConnectError(code, "closed by the client"))
         self._end_streams()
@@ -200,20 +289,20 @@ class SignallingClient(EventEmitter):
         if opts is not None and not isinstance(opts, SubscribeOptions):
             raise TypeError("opts must be SubscribeOptions or None")
         include = bool(opts.include_sender_metadata) if opts else False
-        rid = self._core.subscribe(channel, anyio.current_time(), include_sender_metadata=include)
+        rid = self._core.subscribe(channel, self._now(), include_sender_metadata=include)
         await self._await(rid)
 
     async def unsubscribe(self, channel: str) -> None:
         """Leave ``channel`` (it is no longer replayed after reconnects)."""
-        await self._await(self._core.unsubscribe(channel, anyio.current_time()))
+        await self._await(self._core.unsubscribe(channel, self._now()))
 
     async def publish(self, channel: str, data: Any) -> None:
         """Broadcast ``data`` (any JSON value) to the other subscribers of ``channel``."""
-        await self._await(self._core.publish(channel, data, anyio.current_time()))
+        await self._await(self._core.publish(channel, data, self._now()))
 
     async def send(self, to_peer_id: str, data: Any) -> None:
         """Send ``data`` to every connection of peer ``to_peer_id``."""
-        await self._await(self._core.send(to_peer_id, data, anyio.current_time()))
+        await self._await(self._core.send(to_peer_id, data, self._now()))
 
     async def __aenter__(self) -> SignallingClient:
         await self.connect()
@@ -224,19 +313,43 @@ class SignallingClient(EventEmitter):
 
     # --- driving the core -------------------------------------------------------------
 
-    async def _await(self, rid: str) -> None:
-        waiter = self._waiters[rid] = _Waiter()
+    def _bind_backend(self) -> None:
+        """Pick the clock, waiters and transport of the running event loop."""
+        if current_backend() == "trio":
+            import trio
+
+            self._aio = None
+            self._now = trio.current_time
+        else:
+            loop = asyncio.get_running_loop()
+            self._aio = loop
+            self._now = loop.time
+
+    def _await(self, rid: str) -> Awaitable[None]:
+        """Register a waiter for request ``rid`` now; the returned awaitable is its reply."""
+        loop = self._aio
+        if loop is not None:
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters[rid] = future
+            self._process()
+            return future
+        waiter = _TrioWaiter()
+        self._waiters[rid] = waiter
         self._process()
-        try:
-            await waiter.wait()
-        finally:
-            self._waiters.pop(rid, None)
+        return waiter.wait()
 
     def _process(self) -> None:
         """Drain the core: emit events, resolve waiters, act on actions, flush bytes."""
         core = self._core
         while (ev := core.next_event()) is not None:
-            if isinstance(ev, AppEvent):
+            kind = type(ev)
+            if kind is RequestCompleted:
+                waiter = self._waiters.pop(ev.request_id, None)  # type: ignore[union-attr]
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            elif kind is Message:
+                self._emit(ev)
+            elif isinstance(ev, AppEvent):
                 if isinstance(ev, Connected):
                     self._log.info("connected", {"peer": ev.peer_id, "reconnect": ev.is_reconnect})
                     if self._connect_waiter is not None:
@@ -248,20 +361,19 @@ class SignallingClient(EventEmitter):
                         {"code": ev.code, "reason": ev.reason, "will_reconnect": ev.will_reconnect},
                     )
                 self._emit(ev)
-            elif isinstance(ev, RequestCompleted):
-                waiter = self._waiters.pop(ev.request_id, None)
-                if waiter is not None:
-                    waiter.resolve()
             elif isinstance(ev, RequestFailed):
                 waiter = self._waiters.pop(ev.request_id, None)
-                if waiter is not None:
-                    waiter.resolve(ev.error)
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(ev.error)
             elif isinstance(ev, OpenTransport):
-                self._flush()
-                self._transport = _Transport()
-                self._bg.spawn(self._run_transport, self._transport, ev)
+                self._flush_now()
+                link = self._transport = _Link(self._aio)
+                if self._aio is not None:
+                    self._bg.spawn(self._run_protocol, link, ev)
+                else:
+                    self._bg.spawn(self._run_stream, link, ev)
             elif isinstance(ev, CloseTransport):
-                self._flush()
+                self._flush_now()
                 self._close_transport()
             elif isinstance(ev, CredentialNeeded):
                 self._bg.spawn(self._resolve_token)
@@ -291,30 +403,84 @@ class SignallingClient(EventEmitter):
             waiter.resolve(failure)
 
     def _flush(self) -> None:
+        """Get the core's bytes written soon (coalesced: once per loop iteration on asyncio)."""
+        link = self._transport
+        if link is None or self._aio is None:
+            self._flush_now()
+        elif not link.write_scheduled and self._core.has_data_to_send:
+            link.write_scheduled = True
+            self._aio.call_soon(self._write_soon, link)
+
+    def _write_soon(self, link: _Link) -> None:
+        link.write_scheduled = False
+        if link is self._transport:
+            self._flush_now()
+
+    def _flush_now(self) -> None:
+        """Hand the core's bytes to the current socket (before it changes, or on trio)."""
         data = self._core.data_to_send()
-        transport = self._transport
-        if data and transport is not None:
-            transport.out += data
-            transport.wake.set()
+        link = self._transport
+        if not data or link is None or link.closing:
+            return
+        if link.transport is not None:
+            link.transport.write(data)
+        elif link.wake is not None:
+            link.out += data
+            link.wake.set()
 
     def _close_transport(self) -> None:
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.closing = True
-            transport.wake.set()
+        link, self._transport = self._transport, None
+        if link is not None:
+            link.closing = True
+            transport = link.transport
+            if transport is not None:
+                if transport.get_write_buffer_size():
+                    asyncio.get_running_loop().call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
+                transport.close()
+                if link.closed is not None and not link.closed.done():
+                    link.closed.set_result(None)
+            elif link.wake is not None:
+                link.wake.set()
         self._changed()
 
     # --- timers -----------------------------------------------------------------------
 
     def _poke_timer(self) -> None:
         at = self._core.get_timer()
-        if at is not None and at < self._timer_at and self._timer_wake is not None:
+        if at is None or at >= self._timer_at or not self._bg.running:
+            return  # an earlier wake-up is armed already (firing early is harmless)
+        loop = self._aio
+        if loop is not None:
+            if self._timer_handle is not None:
+                self._timer_handle.cancel()
+            self._timer_at = at
+            self._timer_handle = loop.call_at(at, self._on_timer)
+        elif self._timer_wake is not None:
             self._timer_wake.set()
-        elif at is not None and self._timer_wake is None and self._bg.running:
+        else:
             self._timer_at = at
             self._bg.spawn(self._timer_loop)
 
+    def _on_timer(self) -> None:
+        """asyncio: the armed deadline passed."""
+        self._timer_handle = None
+        self._timer_at = math.inf
+        now = self._now()
+        at = self._core.get_timer()
+        if at is not None and at <= now:
+            self._core.handle_timer(now)
+            self._process()
+        else:
+            self._poke_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+            self._timer_handle = None
+            self._timer_at = math.inf
+
     async def _timer_loop(self) -> None:
+        """trio: sleep until the next deadline (or an earlier one is poked), run it."""
         try:
             while True:
                 at = self._core.get_timer()
@@ -322,11 +488,11 @@ class SignallingClient(EventEmitter):
                     return
                 self._timer_at = at
                 wake = self._timer_wake = anyio.Event()
-                delay = at - anyio.current_time()
+                delay = at - self._now()
                 if delay > 0:
                     with anyio.move_on_after(delay):
                         await wake.wait()
-                now = anyio.current_time()
+                now = self._now()
                 at = self._core.get_timer()
                 if at is not None and at <= now:
                     self._core.handle_timer(now)
@@ -335,79 +501,135 @@ class SignallingClient(EventEmitter):
             self._timer_wake = None
             self._timer_at = math.inf
 
-    # --- transport ----------------------------------------------------------------------
+    # --- transport: asyncio -------------------------------------------------------------
 
-    async def _run_transport(self, transport: _Transport, action: OpenTransport) -> None:
-        with transport.scope:
-            try:
-                with anyio.fail_after(CONNECT_TIMEOUT):
-                    stream: anyio.abc.ByteStream
-                    if action.secure:
-                        stream = await anyio.connect_tcp(
-                            action.host,
-                            action.port,
-                            ssl_context=ssl.create_default_context(),
-                            tls_standard_compatible=False,
-                        )
-                    else:
-                        stream = await anyio.connect_tcp(action.host, action.port)
-            except (OSError, TimeoutError, anyio.BrokenResourceError, ssl.SSLError) as exc:
-                if self._transport is transport:
-                    self._log.warning("connect failed", {"error": type(exc).__name__})
-                    self._core.transport_failed(anyio.current_time(), "connect failed")
-                    self._process()
-                return
-            transport.stream = stream
-            if transport.closing:  # closed while connecting
-                await _aclose(stream)
-                return
-            self._core.transport_opened(anyio.current_time())
-            self._process()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._writer, transport)
-                await self._reader(transport)
-                transport.closing = True
-                transport.wake.set()
-
-    async def _reader(self, transport: _Transport) -> None:
-        stream = transport.stream
-        assert stream is not None
+    async def _run_protocol(self, link: _Link, action: OpenTransport) -> None:
+        loop = self._aio
+        assert loop is not None
+        ctx = ssl.create_default_context() if action.secure else None
         try:
-            while not transport.closing:
-                data = await stream.receive(READ_SIZE)
-                if transport.closing:
-                    return
-                self._core.receive_data(data, anyio.current_time())
+            with anyio.fail_after(CONNECT_TIMEOUT):
+                await loop.create_connection(
+                    lambda: _ClientProtocol(self, link),
+                    action.host,
+                    action.port,
+                    ssl=ctx,
+                    server_hostname=action.host if ctx is not None else None,
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            if self._transport is link:
+                self._log.warning("connect failed", {"error": type(exc).__name__})
+                self._core.transport_failed(self._now(), "connect failed")
                 self._process()
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
-        if not transport.closing and self._transport is transport:
+            return
+        transport = link.transport
+        assert transport is not None
+        assert link.closed is not None
+        try:
+            if link.closing:  # closed while connecting
+                return
+            self._core.transport_opened(self._now())
+            self._process()
+            await link.closed
+        finally:
+            link.closing = True
+            if not transport.is_closing():
+                transport.close()
+
+    def _received(self, link: _Link, data: bytes) -> None:
+        if link.closing:
+            return
+        self._core.receive_data(data, self._now())
+        self._process()
+
+    def _lost(self, link: _Link) -> None:
+        if link.closed is not None and not link.closed.done():
+            link.closed.set_result(None)
+        if link.closing:
+            return
+        link.closing = True
+        if self._transport is link:
             self._transport = None
-            self._core.connection_lost(anyio.current_time())
+            self._core.connection_lost(self._now())
             self._process()
             self._changed()
 
-    async def _writer(self, transport: _Transport) -> None:
-        stream = transport.stream
+    # --- transport: trio (anyio streams) ------------------------------------------------
+
+    async def _run_stream(self, link: _Link, action: OpenTransport) -> None:
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT):
+                stream: anyio.abc.ByteStream
+                if action.secure:
+                    stream = await anyio.connect_tcp(
+                        action.host,
+                        action.port,
+                        ssl_context=ssl.create_default_context(),
+                        tls_standard_compatible=False,
+                    )
+                else:
+                    stream = await anyio.connect_tcp(action.host, action.port)
+        except (OSError, TimeoutError, anyio.BrokenResourceError, ssl.SSLError) as exc:
+            if self._transport is link:
+                self._log.warning("connect failed", {"error": type(exc).__name__})
+                self._core.transport_failed(self._now(), "connect failed")
+                self._process()
+            return
+        link.stream = stream
+        if link.closing:  # closed while connecting
+            await _aclose(stream)
+            return
+        self._core.transport_opened(self._now())
+        self._process()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._writer, link)
+            await self._reader(link)
+            link.closing = True
+            assert link.wake is not None
+            link.wake.set()
+
+    async def _reader(self, link: _Link) -> None:
+        stream = link.stream
         assert stream is not None
         try:
+            while not link.closing:
+                data = await stream.receive(READ_SIZE)
+                if link.closing:
+                    return
+                self._core.receive_data(data, self._now())
+                self._process()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        if not link.closing and self._transport is link:
+            self._transport = None
+            self._core.connection_lost(self._now())
+            self._process()
+            self._changed()
+
+    async def _writer(self, link: _Link) -> None:
+        stream = link.stream
+        assert stream is not None
+        assert link.wake is not None
+        try:
             while True:
-                if transport.out:
-                    data = bytes(transport.out)
-                    transport.out.clear()
+                if link.out:
+                    data = bytes(link.out)
+                    link.out.clear()
                     await stream.send(data)
                     continue
-                if transport.closing:
+                if link.closing:
                     break
-                transport.wake = anyio.Event()
-                if transport.out or transport.closing:
+                link.wake = wake = anyio.Event()
+                if link.out or link.closing:
                     continue
-                await transport.wake.wait()
+                await wake.wait()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         finally:
-            transport.closing = True
+            link.closing = True
             await _aclose(stream)
+
+    # --- token provider -----------------------------------------------------------------
 
     async def _resolve_token(self) -> None:
         provider = self._token_provider
@@ -422,9 +644,9 @@ class SignallingClient(EventEmitter):
                         token = await token
         except Exception as exc:
             self._log.warning("token provider failed", {"error": type(exc).__name__})
-            self._core.credential_failed(exc, anyio.current_time())
+            self._core.credential_failed(exc, self._now())
         else:
-            self._core.credential_resolved(token, anyio.current_time())
+            self._core.credential_resolved(token, self._now())
         self._process()
 
     # --- waiting on state changes -------------------------------------------------------

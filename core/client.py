@@ -232,6 +232,11 @@ class ClientConnection:
         """The next queued event or action, or ``None``."""
         return self._events.popleft() if self._events else None
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` would return any bytes."""
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport (and forget)."""
         out = bytes(self._out)
