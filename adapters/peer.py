@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import types
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -169,6 +170,7 @@ class RemotePeer(EventEmitter):
         self._closed = False
         self._reconnecting = False
         self._renegotiate_pending = False
+        self._early: list[RtcCandidate] = []  # trickled before the description they belong to
 
     # --- public -------------------------------------------------------------------------
 
@@ -451,6 +453,7 @@ class RemotePeer(EventEmitter):
             self._msid = parse_msid(desc.sdp)  # before applying: "track" fires while applying
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
             self._applied_remote(desc.sdp)
+            await self._flush_early()
             self._follow_up()
             return
         ufrag = ice_ufrag(desc.sdp)
@@ -474,6 +477,7 @@ class RemotePeer(EventEmitter):
         self._msid = parse_msid(desc.sdp)  # before applying: "track" fires while applying
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._applied_remote(desc.sdp)
+        await self._flush_early()
         answer = await pc.createAnswer()
         self._owner._restrict_gathering(pc)
         await pc.setLocalDescription(answer)
@@ -494,9 +498,20 @@ class RemotePeer(EventEmitter):
         if self._pc is not None and self._has_something() and self._unsatisfied():
             self._negotiate()
 
+    async def _flush_early(self) -> None:
+        early, self._early = self._early, []
+        for cand in early:
+            await self._on_candidate(cand)
+
     async def _on_candidate(self, cand: RtcCandidate) -> None:
-        if not self._have_remote or self._pc is None:
-            return  # before any remote description: dropped (PY, R11)
+        if self._pc is None:
+            return
+        if not self._have_remote:
+            # A trickling (JS) peer's candidates can overtake its description (P27): keep
+            # them (bounded) until a remote description is applied.
+            if len(self._early) < 200:
+                self._early.append(cand)
+            return
         if not self._gate.admit(cand):
             return
         from aiortc.sdp import candidate_from_sdp
@@ -506,6 +521,9 @@ class RemotePeer(EventEmitter):
             candidate = candidate_from_sdp(line)
         except Exception:
             return  # malformed: dropped silently (counted by the gate)
+        match = _UFRAG.search(cand.candidate)
+        if match and self._remote_ufrag and match.group(1) != self._remote_ufrag:
+            return  # for another ICE generation (e.g. of an offer we ignored in glare)
         if self._owner.loopback_only and not is_loopback_address(candidate.ip):
             return
         candidate.sdpMid = cand.sdp_mid
@@ -571,6 +589,9 @@ class RemotePeer(EventEmitter):
             self._emit(StreamRemoved(stream))
 
 
+_UFRAG = re.compile(r" ufrag (\S+)")
+
+
 def _scrubbed(exc: BaseException) -> BaseException:
     text = str(exc)
     clean = scrub(text)
@@ -585,14 +606,31 @@ async def _close_pc(pc: Any) -> None:
 
 
 async def _gather_loopback(self: Any) -> None:
-    """aioice ``Connection.gather_candidates`` restricted to a 127.0.0.1 host candidate."""
+    """aioice ``Connection.gather_candidates`` restricted to a 127.0.0.1 host candidate.
+
+    Datagrams from any other address are dropped before aioice sees them: a local browser
+    also sends checks from its other interfaces, and answering one (a peer-reflexive
+    candidate) would send packets off the loopback interface.
+    """
     if not self._local_candidates_start:
         self._local_candidates_start = True
         for component in self._components:
             self._local_candidates += await self.get_component_candidates(
                 component=component, addresses=["127.0.0.1"]
             )
+        for protocol in self._protocols:
+            _loopback_datagrams_only(protocol)
         self._local_candidates_end = True
+
+
+def _loopback_datagrams_only(protocol: Any) -> None:
+    receive = protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+        if is_loopback_address(str(addr[0])):
+            receive(data, addr)
+
+    protocol.datagram_received = datagram_received
 
 
 class MeteredPeer(EventEmitter):
