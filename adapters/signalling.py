@@ -507,6 +507,7 @@ class SignallingClient(EventEmitter):
         loop = self._aio
         assert loop is not None
         ctx = ssl.create_default_context() if action.secure else None
+        _mark_asyncio_context()
         try:
             with anyio.fail_after(CONNECT_TIMEOUT):
                 await loop.create_connection(
@@ -669,3 +670,18 @@ async def _aclose(stream: anyio.abc.ByteStream) -> None:
         contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError),
     ):
         await stream.aclose()
+
+
+def _mark_asyncio_context() -> None:
+    """Let protocol callbacks (where events reach handlers) be recognised as asyncio code.
+
+    The transport's read callbacks run in a copy of the current context, outside any task;
+    with sniffio installed, anyio (and sniffio users) identify the running library from a
+    context variable or the current task, so set the variable here, in the context the
+    callbacks copy. Handlers can then use anyio as they would in a task.
+    """
+    try:
+        import sniffio
+    except ModuleNotFoundError:  # anyio falls back to asyncio.get_running_loop()
+        return
+    sniffio.current_async_library_cvar.set("asyncio")

@@ -35,3 +35,18 @@ def test_signalling_smoke(server: Serve, backend: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "signalling smoke: ok" in result.stdout
     assert "direct: 'just for you'" in result.stdout
+
+
+def test_data_channel_echo(server: Serve) -> None:
+    env = {**os.environ, "METERED_URL": f"ws://127.0.0.1:{server.port}", "METERED_MESSAGES": "50"}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "data_channel_echo.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ELSEWHERE,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "50 echoes over a P2P data channel" in result.stdout
+    assert "data channel echo: ok" in result.stdout

@@ -590,3 +590,27 @@ async def test_logs_never_carry_credentials(server: LocalServer) -> None:
     assert log.lines
     assert secret_token[:20] not in text
     assert "pk_secret_never_logged" not in text
+
+
+def test_sync_handlers_can_use_anyio_under_plain_asyncio_run() -> None:
+    """Handlers run from the transport's callbacks; anyio must still see an asyncio loop
+    there (outside pytest's anyio runner, which sets the context itself)."""
+    import asyncio as aio
+
+    used: list[float] = []
+    log = Recorder()
+
+    async def main() -> None:
+        async with LocalServer(default_config(), port=0) as srv:
+            url_ = f"ws://127.0.0.1:{srv.port}"
+            async with SignallingClient(api_key="pk_dev_local", url=url_, logger=log) as client:
+                client.on(Presence, lambda ev: used.append(anyio.current_time()))
+                got = anyio.Event()
+                client.on(Presence, lambda ev: got.set())
+                await client.subscribe("plain")
+                with anyio.fail_after(5):
+                    await got.wait()
+
+    aio.run(main())
+    assert len(used) == 1
+    assert not [line for line in log.lines if line[0] == "error"]
