@@ -24,8 +24,8 @@ echo "setup: python venv $VENV ($INSTALL install)"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1  # we drive Debian's /usr/bin/chromium, never a download
 if [ "$INSTALL" = editable ]; then
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q -e ".[dev,webrtc]"
 else
-  "$VENV/bin/python" -m pip install -q ".[dev,fuzz]"
+  "$VENV/bin/python" -m pip install -q ".[dev,webrtc,fuzz]"
 fi
 echo "setup: done"
