@@ -78,6 +78,7 @@ class EventEmitter:
     def __init__(self, logger: object = None) -> None:
         self._log: Logger = as_logger(logger)
         self._handlers: dict[type, list[_Registration]] = {}
+        self._once_types: set[type] = set()  # types with a once() registration pending
         self._streams: dict[type, weakref.WeakSet[EventStream[Any]]] = {}
         self._spawn: Spawner | None = None
 
@@ -132,20 +133,24 @@ class EventEmitter:
         if not callable(handler):
             raise TypeError("handler must be callable")
         self._handlers.setdefault(event_type, []).append(_Registration(handler, once))
+        if once:
+            self._once_types.add(event_type)
         return handler
 
     def _emit(self, event: object) -> None:
         kind = type(event)
         regs = self._handlers.get(kind)
         if regs:
-            if any(r.once for r in regs):
+            if kind in self._once_types:
+                self._once_types.discard(kind)
                 self._handlers[kind] = [r for r in regs if not r.once]
             for reg in regs:
                 self._call(reg.handler, event)
-        streams = self._streams.get(kind)
-        if streams:
-            for stream in list(streams):
-                stream._put(event)
+        if self._streams:
+            streams = self._streams.get(kind)
+            if streams:
+                for stream in list(streams):
+                    stream._put(event)
 
     def _call(self, handler: Callable[[Any], Any], event: object) -> None:
         try:
@@ -155,7 +160,7 @@ class EventEmitter:
                 "event handler raised", {"event": type(event).__name__, "error": repr(exc)}
             )
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             if self._spawn is None:
                 self._log.error("async handler dropped: no running owner", {})
                 if inspect.iscoroutine(result):

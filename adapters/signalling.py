@@ -59,6 +59,7 @@ TokenProvider = Callable[[], "Awaitable[str] | str"]
 CONNECT_TIMEOUT = 10.0
 READ_SIZE = 65_536
 CLOSE_FLUSH_TIMEOUT = 1.0
+EARLY_WRITE = 4096
 
 
 class _Waiter:
@@ -403,11 +404,19 @@ class SignallingClient(EventEmitter):
             waiter.resolve(failure)
 
     def _flush(self) -> None:
-        """Get the core's bytes written soon (coalesced: once per loop iteration on asyncio)."""
+        """Get the core's bytes written soon (coalesced: once per loop iteration on asyncio).
+
+        Past ``EARLY_WRITE`` bytes they go at once, so that the server starts on a burst
+        while we are still producing it rather than after.
+        """
         link = self._transport
         if link is None or self._aio is None:
             self._flush_now()
-        elif not link.write_scheduled and self._core.has_data_to_send:
+            return
+        pending = self._core.bytes_to_send
+        if pending >= EARLY_WRITE:
+            self._flush_now()
+        elif pending and not link.write_scheduled:
             link.write_scheduled = True
             self._aio.call_soon(self._write_soon, link)
 

@@ -50,6 +50,8 @@ from metered_realtime.core.frames import (
     UnsubscribeFrame,
     WelcomeFrame,
     decode_client_frame,
+    dumps,
+    split_publish,
 )
 from metered_realtime.core.jwt import PERMISSIONS, TokenClaims, TokenRejected, verify_hs256
 from metered_realtime.core.validation import RandomSource, compile_pattern, uuid4
@@ -200,9 +202,10 @@ class Session:
         self._tokens = float(broker.config.limits.rate_burst)
         self._tokens_at = 0.0
         self.close_code: int | None = None
-
-    def __hash__(self) -> int:
-        return self.sid
+        # channel → the text of our message frames up to "data": for every channel this session
+        # was already allowed to publish to (the grant never changes, so neither does that)
+        self._routes: dict[str, str] = {}
+        self._meta_json: str | None = None  # ',"fromMetadata":{…}' when the grant has metadata
 
     def __repr__(self) -> str:
         return f"<Session {self.sid} peer={self.peer_id!r}>"
@@ -283,7 +286,8 @@ class Session:
     def _on_text(self, chunk: str, now: float) -> None:
         if self._phase != _OPEN:
             return
-        limits = self.broker.config.limits
+        broker = self.broker
+        limits = broker.config.limits
         if limits.rate_per_second is not None:
             elapsed = now - self._tokens_at
             self._tokens_at = now
@@ -294,12 +298,14 @@ class Session:
                 self.close(4011, None, now)
                 return
             self._tokens -= 1.0
+        if self._routes and broker._fast_publish(self, chunk):
+            return
         try:
             frame = decode_client_frame(chunk)
         except FrameRejected as exc:
             self._reply(ErrorFrame(exc.code, exc.request_id, str(exc)))
             return
-        self.broker._dispatch(self, frame, now)
+        broker._dispatch(self, frame, now)
 
     def _on_close(self, code: int | None, reason: str, now: float) -> None:
         if self._ws_open:
@@ -335,6 +341,7 @@ class Broker:
         self._connects: dict[str, deque[float]] = {}
         self._messages_sent = 0
         self._overflowed: list[Session] = []
+        self._max_out = config.limits.max_outbound_buffer
         self.shutting_down = False
 
     # --- driver API -------------------------------------------------------------------
@@ -677,10 +684,67 @@ class Broker:
         if frame.request_id is not None:
             session._reply(AckFrame(frame.request_id))
 
+    def _fast_publish(self, session: Session, text: str) -> bool:
+        """A ``publish`` to a channel this session already published to, in the SDKs' layout.
+
+        Same outcome as the general path (ack, then the fan-out; the channel's name and the
+        grant were checked on the first publish), minus the decode/encode round trip of
+        ``data`` and the frame objects. Returns False (nothing done) for anything else.
+        """
+        parts = split_publish(text)
+        if parts is None:
+            return False
+        channel, data_json, rid, rid_json = parts
+        prefix = session._routes.get(channel)
+        if prefix is None or not 0 < len(rid) <= 128 or not rid.isascii():
+            return False
+        if self.config.limits.message_quota is not None:
+            return False  # counted on the general path
+        self._queue(session, _ws_text('{"type":"ack","requestId":' + rid_json + "}"))
+        ch = self.channels.get(channel)
+        if ch is None:
+            return True
+        plain: bytes | None = None
+        stamped: bytes | None = None
+        meta_json = session._meta_json
+        dirty, cap, overflowed = self._dirty, self._max_out, self._overflowed
+        for other, include in ch.sessions.items():
+            if other is session or other._phase == _CLOSED:
+                continue
+            if include and meta_json is not None:
+                if stamped is None:
+                    stamped = _ws_text(prefix + data_json + meta_json + "}")
+                data = stamped
+            else:
+                if plain is None:
+                    plain = _ws_text(prefix + data_json + "}")
+                data = plain
+            out = other.out
+            out += data
+            dirty[other] = None
+            if len(out) > cap:
+                overflowed.append(other)
+        return True
+
     def _publish(self, session: Session, frame: PublishFrame, now: float) -> None:
         channel, rid = frame.channel, frame.request_id
         if not self._authorize_channel(session, "publish", channel, rid, now):
             return
+        routes = session._routes
+        if channel not in routes:
+            if len(routes) >= 1024:
+                routes.clear()
+            assert session.peer_id is not None
+            routes[channel] = (
+                '{"type":"message","channel":'
+                + dumps(channel)
+                + ',"from":'
+                + dumps(session.peer_id)
+                + ',"data":'
+            )
+            meta = session.grant.peer_metadata if session.grant is not None else None
+            if meta is not None and session._meta_json is None:
+                session._meta_json = ',"fromMetadata":' + dumps(meta)
         if frame.data is MISSING:
             self._error(session, "missing_data", rid, "publish needs data")
             return
@@ -786,7 +850,7 @@ class Broker:
             return
         session.out += data
         self._dirty[session] = None
-        if len(session.out) > self.config.limits.max_outbound_buffer:
+        if len(session.out) > self._max_out:
             self._overflowed.append(session)
 
     def _settle(self, now: float) -> None:

@@ -85,7 +85,9 @@ from metered_realtime.core.frames import (
     UnsubscribeFrame,
     WelcomeFrame,
     decode_server_frame,
+    dumps,
 )
+from metered_realtime.core.frames import decode_json as _decode_json
 from metered_realtime.core.reconnect import TERMINAL_CLOSE_CODES, Backoff, ReconnectOptions
 from metered_realtime.core.validation import (
     DEFAULT_URL,
@@ -116,6 +118,8 @@ ClientEvent = AppEvent | Action
 DEFAULT_MAX_MESSAGE_SIZE = 65_536
 TOKEN_FAILURE_THRESHOLD = 3
 _END_OF_HEAD = re.compile(rb"\n\r?\n")  # where h11 ends a response head
+_ACK_HEAD = '{"type":"ack","requestId":"'
+_MESSAGE_HEAD = '{"type":"message",'
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,7 @@ class ClientConnection:
         """Peer id from the latest welcome."""
         self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
         """The advertised per-message cap (65,536 before the first welcome)."""
+        self._publish_heads: dict[str, str] = {}  # valid channel → '{"type":"publish",…"data":'
 
     # --- outputs ----------------------------------------------------------------------
 
@@ -233,9 +238,9 @@ class ClientConnection:
         return self._events.popleft() if self._events else None
 
     @property
-    def has_data_to_send(self) -> bool:
-        """Whether :meth:`data_to_send` would return any bytes."""
-        return bool(self._out)
+    def bytes_to_send(self) -> int:
+        """How many bytes :meth:`data_to_send` would return."""
+        return len(self._out)
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport (and forget)."""
@@ -245,22 +250,37 @@ class ClientConnection:
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must next be called, or ``None``."""
-        best: float | None = None
-        for at in (self._handshake_at, self._welcome_at, self._close_at, self._reconnect_at):
-            if at is not None and (best is None or at < best):
-                best = at
-        if self._pending:
-            at = next(iter(self._pending.values())).deadline
-            if best is None or at < best:
-                best = at
+        # called after every input by drivers: plain comparisons, no allocation
+        best = self._handshake_at
+        at = self._welcome_at
+        if at is not None and (best is None or at < best):
+            best = at
+        at = self._close_at
+        if at is not None and (best is None or at < best):
+            best = at
+        at = self._reconnect_at
+        if at is not None and (best is None or at < best):
+            best = at
+        if self._pending:  # deadlines are now + ack_timeout: the oldest request is first
+            for pending in self._pending.values():
+                at = pending.deadline
+                if best is None or at < best:
+                    best = at
+                break
         if self._resub_at:
             at = min(self._resub_at.values())
             if best is None or at < best:
                 best = at
-        if self._phase in (_HANDSHAKE, _OPEN):
-            for at2 in (self._watchdog_at(), self._heartbeat_at()):
-                if at2 is not None and (best is None or at2 < best):
-                    best = at2
+        if self._phase == _OPEN:
+            if self._watchdog is not None:
+                at = self._last_rx + self._watchdog
+                if best is None or at < best:
+                    best = at
+            if self._heartbeat is not None and self._welcomed:
+                last = self._last_rx if self._last_rx > self._last_ping else self._last_ping
+                at = last + self._heartbeat
+                if best is None or at < best:
+                    best = at
         return best
 
     def _watchdog_at(self) -> float | None:
@@ -338,10 +358,27 @@ class ClientConnection:
 
     def publish(self, channel: str, data: Any, now: float) -> str:
         """Send ``publish``; return its request id."""
-        problem = channel_problem(channel)
-        if problem:
-            raise ValueError(problem)
-        return self._request(PublishFrame(channel, data, self._new_id()), now, check_size=True)
+        # exactly PublishFrame(channel, data, rid).encode() and _request(), inlined: this is
+        # the one call an application makes thousands of times a second
+        head = self._publish_heads.get(channel) if type(channel) is str else None
+        if head is None:
+            problem = channel_problem(channel)
+            if problem:
+                raise ValueError(problem)
+            if len(self._publish_heads) >= 256:
+                self._publish_heads.clear()
+            head = self._publish_heads[channel] = (
+                '{"type":"publish","channel":' + dumps(channel) + ',"data":'
+            )
+        rid = uuid4(self._rng)  # hex digits and dashes: its JSON text is '"' + rid + '"'
+        text = head + dumps(data) + ',"requestId":"' + rid + '"}'
+        if len(text) > self.max_message_size:
+            raise OversizedPayloadError(len(text), self.max_message_size)
+        if self._state != "connected" or self._phase != _OPEN:
+            raise NotConnectedError()
+        self._out += masked_text(text, self._rng)
+        self._pending[rid] = _Pending(now + self.config.ack_timeout, False, None)
+        return rid
 
     def send(self, to: str, data: Any, now: float) -> str:
         """Send a directed message to peer ``to``; return its request id."""
@@ -563,6 +600,21 @@ class ClientConnection:
         if self._phase == _CLOSING:
             return  # after close() the session is over (§2.7): a late welcome must not revive it
         self._last_rx = now
+        if self._welcomed:
+            # fast paths for the two frames that carry the traffic; anything unusual about
+            # them (escapes, extra members, bad members) takes the general path below
+            if chunk.startswith(_ACK_HEAD) and chunk.endswith('"}'):
+                rid = chunk[27:-2]
+                if '"' not in rid and "\\" not in rid and rid.isprintable():
+                    pending = self._pending.pop(rid, None)
+                    if pending is not None and not pending.internal:
+                        self._emit(RequestCompleted(rid))
+                    return
+            elif chunk.startswith(_MESSAGE_HEAD):
+                message = _message_event(chunk)
+                if message is not None:
+                    self._emit(message)
+                    return
         try:
             frame = decode_server_frame(chunk)
         except MalformedFrameError as exc:
@@ -730,6 +782,21 @@ class ClientConnection:
 
     def _emit(self, event: ClientEvent) -> None:
         self._events.append(event)
+
+
+def _message_event(text: str) -> Message | None:
+    """The ``Message`` of a well-formed ``message`` frame, else ``None`` (not an error)."""
+    try:
+        obj = _decode_json(text)
+    except (ValueError, RecursionError):
+        return None
+    if type(obj) is not dict or obj.get("type") != "message":
+        return None
+    channel, sender = obj.get("channel"), obj.get("from")
+    if type(channel) is not str or type(sender) is not str or "data" not in obj:
+        return None
+    meta = obj.get("fromMetadata")
+    return Message(channel, sender, obj["data"], meta if type(meta) is dict else None)
 
 
 def _type_of(frame: object) -> str:

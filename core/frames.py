@@ -11,6 +11,8 @@ Decoding never raises anything but :class:`MalformedFrameError` (client side) or
 from __future__ import annotations
 
 import json
+import json.encoder
+import json.scanner
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,8 +46,10 @@ __all__ = [
     "UnsubscribeFrame",
     "WelcomeFrame",
     "decode_client_frame",
+    "decode_json",
     "decode_server_frame",
     "dumps",
+    "split_publish",
 ]
 
 RETRY_AFTER_DEFAULT_MS = 1000
@@ -64,7 +68,33 @@ class _Missing:
 MISSING: Final = _Missing()
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-_encode = _encoder.encode
+# What _encoder.encode() builds on every call, built once. Without its per-call markers dict
+# a circular value ends in RecursionError rather than "Circular reference detected", so that
+# case (and genuinely too-deep values) is redone by _encoder.encode() for its exact error.
+_c_encode = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None,
+        _encoder.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+    if json.encoder.c_make_encoder is not None  # type: ignore[attr-defined]
+    else None
+)
+
+
+def _encode(value: Any) -> str:
+    if _c_encode is None:
+        return _encoder.encode(value)
+    try:
+        return "".join(_c_encode(value, 0))
+    except RecursionError:
+        return _encoder.encode(value)
 
 
 def dumps(value: Any) -> str:
@@ -85,6 +115,9 @@ def _parse_float(text: str) -> float:
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
 _decode = _decoder.decode
+decode_json: Final = _decode
+"""``json.loads`` as the frame decoders parse: NaN, Infinity and overflowing numbers refused."""
+_scan_once = json.scanner.make_scanner(_decoder)  # type: ignore[arg-type]  # (text, i) → (value, end)
 
 
 def _load_object(text: str | bytes | bytearray) -> dict[str, Any]:
@@ -236,6 +269,40 @@ def decode_client_frame(text: str | bytes | bytearray) -> ClientFrame:
 
 
 _CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "send", "ping"})
+
+PUBLISH_HEAD: Final = '{"type":"publish","channel":'
+_DATA_SEP = ',"data":'
+_RID_SEP = ',"requestId":'
+
+
+def split_publish(text: str) -> tuple[str, str, str, str] | None:
+    """A ``publish`` in the layout both SDKs send, cut into its parts without re-encoding.
+
+    For ``{"type":"publish","channel":C,"data":D,"requestId":R}`` exactly (members in this
+    order, no whitespace between them, valid JSON throughout, C and R strings), returns
+    ``(channel, data_json, request_id, request_id_json)`` where the ``_json`` parts are the
+    frame's own text of those values. Anything else, however valid, returns ``None``: decode
+    it with :func:`decode_client_frame`. Nothing is validated beyond JSON syntax and types.
+
+    The broker forwards ``data_json`` verbatim: the same JSON value the sender wrote, without
+    a decode/encode round trip (PROTOCOL §0.3: ``data`` is opaque to the server).
+    """
+    if not text.startswith(PUBLISH_HEAD):
+        return None
+    try:
+        channel, i = _scan_once(text, 28)
+        if type(channel) is not str or not text.startswith(_DATA_SEP, i):
+            return None
+        j = i + 8
+        k = _scan_once(text, j)[1]
+        if not text.startswith(_RID_SEP, k):
+            return None
+        rid, m = _scan_once(text, k + 13)
+    except (StopIteration, ValueError, RecursionError):
+        return None
+    if type(rid) is not str or m != len(text) - 1 or text[m] != "}":
+        return None
+    return channel, text[j:k], rid, text[k + 13 : m]
 
 
 # --- server → client --------------------------------------------------------------------

@@ -50,12 +50,13 @@ class RandomSource(Protocol):
     def random(self) -> float: ...
 
 
+_UUID_KEEP = ((1 << 128) - 1) & ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, variant 10xx
+
+
 def uuid4(rng: RandomSource) -> str:
     """An RFC 4122 version-4 UUID string drawn from ``rng``."""
-    n = rng.getrandbits(128)
-    n = (n & ~(0xF000 << 64)) | (0x4000 << 64)  # version 4
-    n = (n & ~(0xC000 << 48)) | (0x8000 << 48)  # variant 10xx
-    h = f"{n:032x}"
+    h = "%032x" % ((rng.getrandbits(128) & _UUID_KEEP) | _UUID_SET)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

@@ -248,9 +248,48 @@ class FrameDecoder:
         pos = 0
         client = self._client
         mask_len = 0 if client else 4
+        limit = self._max
+        # the fast path: whole, unfragmented text frames while no message is in progress
+        quiet = not self._frag_op and not self._draining
         while n - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
+            if b0 == 0x81 and quiet:
+                short = b1 if client else b1 - 0x80  # the 7-bit length, when masked right
+                if 0 <= short < 126:
+                    length = short
+                    start = pos + 2
+                elif short == 126 and n - pos >= 4:
+                    length = (buf[pos + 2] << 8) | buf[pos + 3]
+                    start = pos + 4
+                    if length < 126:
+                        raise _Failed(1002, "payload length not minimally encoded")
+                else:
+                    length = -1  # 64-bit length, wrong mask bit, or a cut header: slow path
+                if 0 <= length <= limit:
+                    if client:
+                        end = start + length
+                        if end > n:
+                            break
+                        payload = buf[start:end]
+                    else:
+                        end = start + 4 + length
+                        if end > n:
+                            break
+                        if length:
+                            keys = buf[start : start + 4] * ((length >> 2) + 1)
+                            payload = (
+                                _from_bytes(buf[start + 4 : end], "little")
+                                ^ _from_bytes(keys[:length], "little")
+                            ).to_bytes(length, "little")
+                        else:
+                            payload = b""
+                    try:
+                        events.append((OP_TEXT, payload.decode("utf-8")))
+                    except UnicodeDecodeError:
+                        raise _Failed(1007, "invalid UTF-8 in a text message") from None
+                    pos = end
+                    continue
             if b0 & 0x70:
                 raise _Failed(1002, "reserved bits set (no extension was negotiated)")
             opcode = b0 & 0x0F
@@ -311,6 +350,7 @@ class FrameDecoder:
                         self._skip = end - n
                         return n
                     pos = end
+                    quiet = False
                     continue
             if client:
                 end = start + length
@@ -349,6 +389,7 @@ class FrameDecoder:
                 self.done = True  # nothing after a close frame counts (RFC 6455 §5.5.1)
                 self._buf = bytearray()
                 return n
+            quiet = not self._frag_op and not self._draining
         return pos
 
     def _start_fragments(self, opcode: int, payload: bytes) -> None:
