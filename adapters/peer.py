@@ -10,7 +10,9 @@ opened yet, so a channel opened in a ``PeerJoined`` handler opens on both sides 
 is polite. Outbound ICE is non-trickle (full SDP, then one end-of-candidates marker per
 description); inbound candidates are accepted trickled.
 
-This module runs aiortc on the caller's asyncio loop.
+This module runs aiortc on the caller's asyncio loop. Under trio, ``MeteredPeer(...)`` returns a
+``bridge.TrioMeteredPeer``: the same machinery on a process-wide asyncio loop thread, reached
+through the ``_remote_peer_cls`` / ``_data_channel_cls`` factories below (see ``bridge.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import asyncio
 import contextlib
 import re
 import types
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -41,7 +43,7 @@ from metered_realtime.adapters.peer_events import (
     StreamRemoved,
     Track,
 )
-from metered_realtime.adapters.runtime import BackgroundTasks, current_backend
+from metered_realtime.adapters.runtime import BackgroundTasks, in_trio_thread
 from metered_realtime.adapters.signalling import SignallingClient, TokenProvider
 from metered_realtime.core.errors import (
     IceRestartExhaustedError,
@@ -140,6 +142,8 @@ class RemotePeer(EventEmitter):
     ``StateChange`` to ``"connected"``).
     """
 
+    _data_channel_cls: Callable[..., DataChannel] = DataChannel  # the trio bridge swaps it
+
     def __init__(self, owner: MeteredPeer, peer_id: str, metadata: dict[str, Any] | None) -> None:
         super().__init__(owner._log)
         self._owner = owner
@@ -197,7 +201,7 @@ class RemotePeer(EventEmitter):
         if not isinstance(label, str):
             raise TypeError("label must be a string")
         raw = self._pc.createDataChannel(label, **kwargs)
-        channel = DataChannel(raw, _spawn=self._owner._bg.spawn, logger=self._owner._log)
+        channel = self._data_channel_cls(raw, _spawn=self._owner._bg.spawn, logger=self._owner._log)
         channel._options = (label, kwargs)  # type: ignore[attr-defined]
         self._channels.append(channel)
         self._negotiate()
@@ -261,7 +265,9 @@ class RemotePeer(EventEmitter):
         @pc.on("datachannel")
         def _channel(raw: Any) -> None:
             if generation == self._generation:
-                channel = DataChannel(raw, _spawn=self._owner._bg.spawn, logger=self._owner._log)
+                channel = self._data_channel_cls(
+                    raw, _spawn=self._owner._bg.spawn, logger=self._owner._log
+                )
                 self._emit(DataChannelOpened(channel))
 
         for local in self._owner._locals.values():
@@ -639,7 +645,18 @@ class MeteredPeer(EventEmitter):
     Keywords as ``SignallingClient``, plus ``ice_servers`` (an explicit list overrides the
     welcome's; ``[]`` means none) and ``loopback_only`` (gather only 127.0.0.1 candidates and
     ignore every other remote candidate: for tests and headless demos).
+
+    Under trio this returns a ``TrioMeteredPeer`` (same API; aiortc runs on a bridge thread).
     """
+
+    _remote_peer_cls: Callable[..., RemotePeer] = RemotePeer  # the trio bridge swaps it
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> MeteredPeer:
+        if cls is MeteredPeer and in_trio_thread():
+            from metered_realtime.adapters.bridge import TrioMeteredPeer
+
+            return super().__new__(TrioMeteredPeer)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -723,9 +740,10 @@ class MeteredPeer(EventEmitter):
             raise MeteredPeerSendError("invalid_args", problem)
         if is_reserved_channel(channel):
             raise MeteredPeerSendError("reserved_channel", "channel uses a reserved prefix")
-        if current_backend() != "asyncio":
+        if in_trio_thread():  # only a peer built outside the trio run gets here under trio
             raise MeteredRealtimeError(
-                "MeteredPeer currently runs on asyncio only (aiortc); the trio bridge is pending",
+                "this MeteredPeer was created outside trio; create it inside the trio run "
+                "(it then runs aiortc on a bridge thread)",
                 code="unsupported_backend",
             )
         self._set_state("joining")
@@ -1036,7 +1054,7 @@ class MeteredPeer(EventEmitter):
         if len(self._peers) >= MAX_REMOTE_PEERS:
             self._log.warning("too many remote peers; ignoring one", {"peer": entry.peer_id})
             return
-        remote = RemotePeer(self, entry.peer_id, entry.metadata)
+        remote = self._remote_peer_cls(self, entry.peer_id, entry.metadata)
         self._peers[entry.peer_id] = remote
         for local in self._locals.values():
             self._announce(remote, local)

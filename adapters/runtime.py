@@ -17,7 +17,7 @@ import anyio.abc
 
 from metered_realtime.adapters.log import Logger
 
-__all__ = ["BackgroundTasks", "current_backend"]
+__all__ = ["BackgroundTasks", "current_backend", "in_trio_thread"]
 
 
 def current_backend() -> str:
@@ -30,6 +30,16 @@ def current_backend() -> str:
         except RuntimeError:
             pass
     return "asyncio"
+
+
+def in_trio_thread() -> bool:
+    """True while a trio run is active in this thread.
+
+    Cheap on asyncio (a dict lookup when trio was never imported, no exception otherwise), so
+    hot paths such as ``AudioSource.push`` can use it to route trio callers to the aiortc bridge.
+    """
+    trio = sys.modules.get("trio")
+    return trio is not None and bool(trio.lowlevel.in_trio_run())
 
 
 class BackgroundTasks:

@@ -22,6 +22,7 @@ import contextlib
 import inspect
 import math
 import random
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -110,30 +111,49 @@ class _TrioWaiter:
         self._error = error
         task, self._task = self._task, None
         if task is not None:
-            import trio
-
-            trio.lowlevel.reschedule(task)
+            _trio_lowlevel().reschedule(task)
 
     async def wait(self) -> None:
-        import trio
-
         if not self._done:
-            self._task = trio.lowlevel.current_task()
+            lowlevel = _trio_lowlevel()
+            self._task = lowlevel.current_task()
 
             def abort(_: Any) -> Any:
                 self._task = None
                 self._done = True  # a late reply finds nobody to wake
-                return trio.lowlevel.Abort.SUCCEEDED
+                return lowlevel.Abort.SUCCEEDED
 
-            await trio.lowlevel.wait_task_rescheduled(abort)
+            await lowlevel.wait_task_rescheduled(abort)
         if self._error is not None:
             raise self._error
+
+
+_lowlevel: Any = None
+
+
+def _trio_lowlevel() -> Any:
+    """``trio.lowlevel``, imported once (an import statement per request is not free)."""
+    global _lowlevel
+    if _lowlevel is None:
+        import trio.lowlevel
+
+        _lowlevel = trio.lowlevel
+    return _lowlevel
 
 
 class _Link:
     """One socket: an asyncio transport, or an anyio stream with its writer's buffer."""
 
-    __slots__ = ("closed", "closing", "out", "stream", "transport", "wake", "write_scheduled")
+    __slots__ = (
+        "closed",
+        "closing",
+        "out",
+        "raw",
+        "stream",
+        "transport",
+        "wake",
+        "write_scheduled",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.closing = False
@@ -143,6 +163,7 @@ class _Link:
         self.write_scheduled = False
         # trio (anyio stream)
         self.stream: anyio.abc.ByteStream | None = None
+        self.raw: socket.socket | None = None  # plain TCP: written directly, not via the stream
         self.out = bytearray()
         self.wake = anyio.Event() if loop is None else None
 
@@ -434,8 +455,13 @@ class SignallingClient(EventEmitter):
         if link.transport is not None:
             link.transport.write(data)
         elif link.wake is not None:
-            link.out += data
-            link.wake.set()
+            out = link.out
+            out += data
+            if link.raw is not None and len(out) >= EARLY_WRITE:
+                with contextlib.suppress(OSError):  # a dead socket: the writer finds out too
+                    _send_some(link.raw, out)  # the server can start on a burst at once
+            if out:
+                link.wake.set()
 
     def _close_transport(self) -> None:
         link, self._transport = self._transport, None
@@ -586,6 +612,8 @@ class SignallingClient(EventEmitter):
                 self._process()
             return
         link.stream = stream
+        if isinstance(stream, anyio.abc.SocketStream):  # not TLS: the socket is the stream
+            link.raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         if link.closing:  # closed while connecting
             await _aclose(stream)
             return
@@ -617,14 +645,24 @@ class SignallingClient(EventEmitter):
             self._changed()
 
     async def _writer(self, link: _Link) -> None:
-        stream = link.stream
+        """Writes ``link.out`` whenever woken; the only task that waits to write.
+
+        On plain TCP it sends from the buffer itself and drops what the kernel took, so a
+        direct send elsewhere (``_flush_now``) can never reorder bytes.
+        """
+        stream, raw, out = link.stream, link.raw, link.out
         assert stream is not None
         assert link.wake is not None
         try:
             while True:
-                if link.out:
-                    data = bytes(link.out)
-                    link.out.clear()
+                if out:
+                    if raw is not None:
+                        _send_some(raw, out)
+                        if out:
+                            await anyio.wait_writable(raw)
+                        continue
+                    data = bytes(out)
+                    out.clear()
                     await stream.send(data)
                     continue
                 if link.closing:
@@ -670,6 +708,15 @@ class SignallingClient(EventEmitter):
         if self._change is None:
             self._change = anyio.Event()
         await self._change.wait()
+
+
+def _send_some(sock: socket.socket, out: bytearray) -> None:
+    """Send what the kernel takes now from the head of ``out``, and drop it from there."""
+    try:
+        sent = sock.send(out)
+    except (BlockingIOError, InterruptedError):
+        return
+    del out[:sent]
 
 
 async def _aclose(stream: anyio.abc.ByteStream) -> None:

@@ -33,6 +33,7 @@ from av.audio.format import AudioFormat
 from av.audio.layout import AudioLayout
 
 from metered_realtime.adapters.log import Logger, as_logger
+from metered_realtime.adapters.runtime import in_trio_thread
 
 __all__ = ["FRAME_SAMPLES", "OUTPUT_RATE", "AudioSource"]
 
@@ -170,7 +171,9 @@ class AudioSource(MediaStreamTrack):
     - ``recv()``: one 20 ms, 48 kHz, stereo, s16 ``av.AudioFrame`` per 20 ms of the loop's clock
       (``pts = i * 960``, ``time_base = 1/48000``); silence when nothing is queued.
 
-    All methods must be called on the asyncio loop that consumes the track (aiortc's loop).
+    All methods must be called on the asyncio loop that consumes the track (aiortc's loop). Under
+    trio, ``push``, ``end`` and ``stop`` called from the trio thread are forwarded (in call order)
+    to the aiortc bridge thread, where the track's state lives (see ``adapters/bridge.py``).
     ``_clock`` / ``_sleep`` replace the loop's ``time()`` and ``asyncio.sleep`` (tests only).
     """
 
@@ -253,6 +256,10 @@ class AudioSource(MediaStreamTrack):
         ``av.AudioFrame`` without a sample rate. Pushes are queued in call order. If a push is
         cancelled while suspended, a prefix of its audio may already be queued.
         """
+        if in_trio_thread():
+            from metered_realtime.adapters.bridge import run_on_aiortc
+
+            return await run_on_aiortc(self.push, data)
         if self._stopped:
             raise RuntimeError("AudioSource has stopped: push() is no longer accepted")
         if self._ended:
@@ -292,6 +299,11 @@ class AudioSource(MediaStreamTrack):
 
         Pushes already in progress (suspended on backpressure) still complete. Synchronous.
         """
+        if in_trio_thread():
+            from metered_realtime.adapters.bridge import call_soon_on_aiortc
+
+            call_soon_on_aiortc(self.end)
+            return
         if not self._ended:
             self._ended = True
             self._log.debug(
@@ -304,6 +316,11 @@ class AudioSource(MediaStreamTrack):
 
     def stop(self) -> None:
         """Stop now, discarding queued audio; blocked and later pushes raise ``RuntimeError``."""
+        if in_trio_thread():
+            from metered_realtime.adapters.bridge import call_soon_on_aiortc
+
+            call_soon_on_aiortc(self.stop)
+            return
         if not self._stopped:
             self._ended = True
             self._stopped = True

@@ -37,11 +37,6 @@ POLITE, IMPOLITE = "peer-a", "peer-b"  # "peer-a" < "peer-b": peer-a is the poli
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def server() -> AsyncIterator[LocalServer]:
     async with LocalServer(default_config(), port=0) as srv:
         yield srv

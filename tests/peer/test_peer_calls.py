@@ -19,6 +19,7 @@ from metered_realtime.adapters.peer_events import (
     StreamAdded,
     Track,
 )
+from metered_realtime.adapters.runtime import in_trio_thread
 from metered_realtime.adapters.server import LocalServer
 from metered_realtime.core.events import StateChange
 from metered_realtime.core.jwt import sign_hs256
@@ -30,11 +31,6 @@ from tests.wire import KID, SECRET, default_config
 
 pytestmark = pytest.mark.anyio
 FAST = ReconnectOptions(initial_delay=0.05, max_delay=0.3, jitter_ratio=0.0)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -60,6 +56,16 @@ def make_peer(port: int, sub: str) -> MeteredPeer:
         ice_servers=[],
         reconnect=FAST,
     )
+
+
+def on_aiortc_thread(fn: Callable[[], None]) -> None:
+    """Run a test seam that touches aiortc internals where aiortc runs (the bridge under trio)."""
+    if in_trio_thread():
+        from metered_realtime.adapters.bridge import run_sync_on_aiortc
+
+        run_sync_on_aiortc(fn)
+    else:
+        fn()
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -210,9 +216,13 @@ async def test_ice_failure_recovers(server: LocalServer, monkeypatch: pytest.Mon
         await until(lambda: holder and holder[0].state == "connected")
         # the test seam: every datagram reaching a's current ICE sockets is dropped
         pc = holder[0].pc
-        for transport in pc._RTCPeerConnection__iceTransports:
-            for protocol in transport.iceGatherer._connection._protocols:
-                protocol.datagram_received = lambda data, addr: None
+
+        def drop_datagrams() -> None:
+            for transport in pc._RTCPeerConnection__iceTransports:
+                for protocol in transport.iceGatherer._connection._protocols:
+                    protocol.datagram_received = lambda data, addr: None
+
+        on_aiortc_thread(drop_datagrams)
         await until(lambda: "reconnecting" in remote_states, timeout=15)
         await until(lambda: holder[0].state == "connected" and holder[0].pc is not pc, timeout=20)
         assert remote_states[-2:] == ["reconnecting", "connected"]
