@@ -69,6 +69,7 @@ __all__ = [
     "run_on_aiortc",
     "run_sync_on_aiortc",
     "running",
+    "trio_logger",
 ]
 
 T = TypeVar("T")
@@ -707,16 +708,17 @@ class _TrioSession:
 class _TrioLogger:
     """A user's logger, called on the trio thread whichever thread logs."""
 
-    def __init__(self, inner: Logger, session: _TrioSession) -> None:
+    def __init__(self, inner: Logger) -> None:
         self._inner = inner
-        self._session = session
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread_id = threading.get_ident()
 
     def _log(self, level: str, msg: str, ctx: dict[str, Any] | None) -> None:
         fn = getattr(self._inner, level)
-        if threading.get_ident() == self._session.thread_id:
+        if threading.get_ident() == self._thread_id:
             fn(msg, ctx)
         else:
-            _soon(self._session.token, fn, msg, ctx)
+            _soon(self._token, fn, msg, ctx)
 
     def debug(self, msg: str, ctx: dict[str, Any] | None = None) -> None:
         self._log("debug", msg, ctx)
@@ -729,6 +731,13 @@ class _TrioLogger:
 
     def error(self, msg: str, ctx: dict[str, Any] | None = None) -> None:
         self._log("error", msg, ctx)
+
+
+def trio_logger(log: Logger) -> Logger:
+    """``log`` for an object built on trio whose code runs on the aiortc thread: a custom
+    logger is user code, so it is called on the trio thread; the stdlib adapter is thread-safe
+    and called directly."""
+    return log if isinstance(log, (StdlibLogger, _TrioLogger)) else _TrioLogger(log)
 
 
 def _wrap_token_provider(provider: Any, session: _TrioSession) -> Any:
@@ -968,8 +977,7 @@ class TrioMeteredPeer(MeteredPeer):
         log = as_logger(logger)  # a bad logger raises here, as on asyncio
         session = _TrioSession("MeteredPeer")
         session.log = log
-        if not isinstance(log, StdlibLogger):
-            log = _TrioLogger(log, session)
+        log = trio_logger(log)
         bridge = acquire()
         self._bridge = bridge
         self._session = session

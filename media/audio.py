@@ -211,6 +211,10 @@ class AudioSource(MediaStreamTrack):
             )
         super().__init__()
         self._log = as_logger(logger)
+        if in_trio_thread():  # recv() runs on the aiortc thread; a custom logger stays on trio
+            from metered_realtime.adapters.bridge import trio_logger
+
+            self._log = trio_logger(self._log)
         self._in_rate = input_rate
         self._in_layout = input_layout
         self._in_sample_bytes = 2 * _LAYOUT_CHANNELS[input_layout]

@@ -188,6 +188,7 @@ async def test_handlers_logger_and_token_provider_run_on_the_trio_thread(
 
     a = make_peer(server.port, "peer-a", token_provider=async_mint, logger=log)
     b = make_peer(server.port, "peer-b")
+    a.add_track(AudioSource(logger=log))  # its recv() logs from the aiortc thread (underruns)
     got = trio.Event()
     joined_events: list[PeerJoined] = []
 
