@@ -816,6 +816,8 @@ class _TrioDataChannel(DataChannel):
         self._tx_closed = False
         self._tx_estimate = 0  # bytes possibly still buffered: last reading + posted since
         self._tx_slow = 0  # sends waiting on the loop (fast path off meanwhile: keeps order)
+        self._outbox: deque[str | bytes] = deque()  # fast-path sends not yet handed to aiortc
+        self._outbox_posted = False  # a drain of the outbox is scheduled on the loop
         super().__init__(raw, **kwargs)
         self._spawn = self._session.spawn
         self._tx_open = raw.readyState == "open"
@@ -863,7 +865,7 @@ class _TrioDataChannel(DataChannel):
             raise MeteredRealtimeError(
                 f"payload of {size} bytes exceeds max_buffered_amount", code="payload_too_large"
             )
-        if self._tx_closed or self._closed_by_user:
+        if self._tx_closed:
             raise MeteredRealtimeError("data channel is closed", code="channel_closed")
         await trio.lowlevel.checkpoint_if_cancelled()
         if (
@@ -871,9 +873,15 @@ class _TrioDataChannel(DataChannel):
             and not self._tx_slow
             and self._tx_estimate + size <= self.max_buffered_amount
         ):
-            # Room for certain: post it (in order) and return without a round trip.
-            if not self._bridge.post(self._send_posted, payload):
-                raise MeteredRealtimeError("data channel is closed", code="channel_closed")
+            # Room for certain: queue it (in order) and return without a round trip. One
+            # posted drain hands a burst of sends to aiortc (one wake-up of the loop).
+            self._outbox.append(payload)
+            if not self._outbox_posted:
+                self._outbox_posted = True
+                if not self._bridge.post(self._drain_outbox):
+                    self._outbox.clear()
+                    self._outbox_posted = False
+                    raise MeteredRealtimeError("data channel is closed", code="channel_closed")
             self._tx_estimate += size
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
@@ -893,20 +901,24 @@ class _TrioDataChannel(DataChannel):
         if not self._on_trio():
             super().close()
             return
-        self._closed_by_user = True
+        self._tx_closed = True  # refuse sends from now on; those queued still go first
         self._tx_open = False
         if not self._bridge.post_task(DataChannel.close, self):
             super().close()
 
     # --- on the loop ----------------------------------------------------------------------
 
-    def _send_posted(self, payload: str | bytes) -> None:
+    def _drain_outbox(self) -> None:
+        self._outbox_posted = False  # first: a send queued from now on posts a new drain
+        outbox = self._outbox
         raw = self._raw
-        try:
-            if raw.readyState == "open" and not self._closed_by_user:
-                raw.send(payload)
-        except Exception as exc:  # the channel closed meanwhile: as a message lost at close
-            self._log.warning("data channel send failed", {"error": repr(exc)})
+        while outbox:
+            payload = outbox.popleft()
+            try:
+                if raw.readyState == "open" and not self._closed_by_user:
+                    raw.send(payload)
+            except Exception as exc:  # the channel closed meanwhile: as a message lost at close
+                self._log.warning("data channel send failed", {"error": repr(exc)})
 
     async def _send_waiting(self, payload: str | bytes) -> int:
         await DataChannel.send(self, payload)

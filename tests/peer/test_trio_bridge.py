@@ -21,6 +21,7 @@ from metered_realtime.adapters.datachannel import DataChannel
 from metered_realtime.adapters.peer import MeteredPeer
 from metered_realtime.adapters.peer_events import (
     DataChannelOpened,
+    DCClose,
     DCMessage,
     DCOpen,
     Joined,
@@ -30,6 +31,7 @@ from metered_realtime.adapters.peer_events import (
 )
 from metered_realtime.adapters.server import LocalServer
 from metered_realtime.adapters.signalling import SignallingClient
+from metered_realtime.core.errors import MeteredRealtimeError
 from metered_realtime.core.jwt import sign_hs256
 from metered_realtime.media.audio import AudioSource
 from metered_realtime.media.frames import iter_frames
@@ -300,6 +302,44 @@ async def test_cancelling_a_pending_send_is_clean(server: LocalServer) -> None:
         await a.close()
         await silent.close()
     assert bridge.running() is None
+
+
+async def test_sends_then_close_arrive_in_order(server: LocalServer) -> None:
+    """Fast-path sends are queued for the aiortc thread; a close() right after them must not
+    overtake them."""
+    a, b = make_peer(server.port, "peer-a"), make_peer(server.port, "peer-b")
+    got: list[str | bytes] = []
+    opened, closed = trio.Event(), trio.Event()
+    channels: list[DataChannel] = []
+
+    @a.on(PeerJoined)
+    def _(ev: PeerJoined) -> None:
+        channel = ev.peer.create_data_channel("ordered")
+        channel.on(DCOpen, lambda _: opened.set())
+        channels.append(channel)
+
+    @b.on(PeerJoined)
+    def _(ev: PeerJoined) -> None:
+        @ev.peer.on(DataChannelOpened)
+        def _(dc: DataChannelOpened) -> None:
+            dc.channel.on(DCMessage, lambda m: got.append(m.data))
+            dc.channel.on(DCClose, lambda _: closed.set())
+
+    try:
+        await a.join("room")
+        await b.join("room")
+        await wait_for(opened)
+        for i in range(200):
+            await channels[0].send(str(i))
+        channels[0].close()
+        with pytest.raises(MeteredRealtimeError) as refused:
+            await channels[0].send("late")
+        assert refused.value.code == "channel_closed"
+        await wait_for(closed)
+    finally:
+        await a.close()
+        await b.close()
+    assert got == [str(i) for i in range(200)]
 
 
 async def test_a_raising_sync_handler_is_isolated(server: LocalServer) -> None:
