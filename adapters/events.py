@@ -138,6 +138,11 @@ class EventEmitter:
         return handler
 
     def _emit(self, event: object) -> None:
+        """Run the handlers and feed the ``events()`` iterators, on this thread.
+
+        The marshalling hook: an emitter whose code runs on another thread than its user's
+        (``bridge.py``, aiortc under trio) overrides ``_emit`` to hand the event over, and
+        calls ``EventEmitter._emit`` on the user's thread."""
         kind = type(event)
         regs = self._handlers.get(kind)
         if regs:
