@@ -7,7 +7,9 @@ The input goes, as bytes and as text (undecodable bytes turned into lone surroga
 ``MalformedFrameError`` (server frames; code ``malformed_message`` or ``unknown_type``) and
 ``FrameRejected`` (client frames; one of the five syntactic wire codes), or an accepted frame
 that does not survive ``decode(frame.encode()) == frame`` (checked for the bytes, and for the
-text unless it holds raw surrogates).
+text unless it holds raw surrogates). For text, ``split_publish`` (the broker's fast path) must
+agree with ``decode_client_frame``: when it cuts a frame, the general decoder reads the same
+channel, request id and ``data`` value from it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports():
     from metered_realtime.core.errors import FrameRejected, MalformedFrameError
-    from metered_realtime.core.frames import decode_client_frame, decode_server_frame
+    from metered_realtime.core.frames import (
+        decode_client_frame,
+        decode_json,
+        decode_server_frame,
+        split_publish,
+    )
 
 SERVER_CODES = frozenset({"malformed_message", "unknown_type"})
 CLIENT_CODES = frozenset(
@@ -58,6 +65,23 @@ def check_client(data: str | bytes, round_trip: bool) -> None:
         raise AssertionError(f"client frame does not round-trip: {frame!r}")
 
 
+def check_split(text: str) -> None:
+    parts = split_publish(text)
+    if parts is None:
+        return
+    channel, data_json, rid, rid_json = parts
+    if decode_json(rid_json) != rid or not isinstance(channel, str):
+        raise AssertionError(f"split_publish parts disagree: {parts!r}")
+    try:
+        frame = decode_client_frame(text)
+    except FrameRejected:
+        return  # a syntactic rejection (bad channel, bad request id): the broker falls back too
+    if (frame.channel, frame.request_id) != (channel, rid):  # type: ignore[union-attr]
+        raise AssertionError(f"split_publish read {parts!r}, the decoder {frame!r}")
+    if decode_json(data_json) != frame.data:  # type: ignore[union-attr]
+        raise AssertionError(f"split_publish data {data_json!r} != {frame!r}")
+
+
 def TestOneInput(data: bytes) -> None:
     check_server(data, round_trip=True)
     check_client(data, round_trip=True)
@@ -68,6 +92,7 @@ def TestOneInput(data: bytes) -> None:
     raw_surrogates = any("\ud800" <= c <= "\udfff" for c in text)
     check_server(text, round_trip=not raw_surrogates)
     check_client(text, round_trip=not raw_surrogates)
+    check_split(text)
 
 
 def main() -> None:
