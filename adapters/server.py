@@ -228,6 +228,7 @@ class LocalServer:
 
     async def _serve_asyncio(self, task_status: anyio.abc.TaskStatus[int]) -> None:
         loop = asyncio.get_running_loop()
+        _mark_asyncio_context()  # for a static handler that uses anyio in a read callback
         server = await loop.create_server(
             lambda: _Connection(self),
             self.host,
@@ -435,3 +436,17 @@ class LocalServer:
     def _log(self, level: str, message: str, ctx: Mapping[str, Any]) -> None:
         fields = " ".join(f"{k}={v}" for k, v in ctx.items())
         self.logger.log(getattr(logging, level.upper(), logging.INFO), "%s %s", message, fields)
+
+
+def _mark_asyncio_context() -> None:
+    """Let protocol callbacks (outside any task) be recognised as asyncio code by anyio.
+
+    The connections' read callbacks run in copies of the serving task's context; with sniffio
+    installed, anyio identifies the running library from a context variable or the current
+    task, so set the variable in the context they copy (as the client does).
+    """
+    try:
+        import sniffio
+    except ModuleNotFoundError:  # anyio falls back to asyncio.get_running_loop()
+        return
+    sniffio.current_async_library_cvar.set("asyncio")

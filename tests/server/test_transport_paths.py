@@ -101,3 +101,24 @@ async def test_slow_consumer_is_dropped_and_the_others_carry_on(fanout: int) -> 
             for watcher in watchers:
                 await watcher.close()
         await slow.abort()
+
+
+def test_a_static_handler_can_use_anyio_under_plain_asyncio_run() -> None:
+    """The asyncio server calls the static handler from a read callback, outside any task;
+    anyio must still recognise asyncio there (outside pytest's anyio runner)."""
+    import asyncio
+
+    from tests.netclient import http_get
+
+    seen: list[float] = []
+
+    def static(request: Any) -> tuple[int, bytes, str]:
+        seen.append(anyio.current_time())
+        return 200, b"ok", "text/plain"
+
+    async def main() -> tuple[int, bytes]:
+        async with LocalServer(default_config(), port=0, static=static) as server:
+            return await http_get(server.port, "/page")
+
+    assert asyncio.run(main()) == (200, b"ok")
+    assert len(seen) == 1
