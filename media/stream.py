@@ -8,7 +8,7 @@ aiortc ``MediaStreamTrack``. This module does not import aiortc.
 
 from __future__ import annotations
 
-import secrets
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -60,7 +60,7 @@ class MediaStream:
     __slots__ = ("_id", "_tracks")
 
     def __init__(self, tracks: Iterable[MediaStreamTrack] = (), *, id: str | None = None) -> None:
-        self._id = secrets.token_hex(16) if id is None else _check_stream_id(id)
+        self._id = os.urandom(16).hex() if id is None else _check_stream_id(id)
         self._tracks: list[MediaStreamTrack] = []
         for track in tracks:
             self.add_track(track)
