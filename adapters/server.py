@@ -61,7 +61,7 @@ class _Link:
 class _Connection(asyncio.Protocol):
     """One accepted connection (asyncio): the transport's events go to the server."""
 
-    __slots__ = ("closing", "conn", "http_timer", "paused", "server", "transport")
+    __slots__ = ("closing", "conn", "http_timer", "lost", "paused", "server", "transport")
 
     def __init__(self, server: LocalServer) -> None:
         self.server = server
@@ -69,6 +69,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.paused = False  # the transport's buffer is over its limit: keep bytes in the core
         self.closing = False
+        self.lost = False  # connection_lost() was called: the transport is gone for good
         self.http_timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
@@ -105,6 +106,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.lost = True
         self._cancel_http_timer()
         server = self.server
         server._conns.discard(self)
@@ -135,13 +137,19 @@ class _Connection(asyncio.Protocol):
                 transport.write(data)
             self.closing = True
             if transport.get_write_buffer_size():
-                asyncio.get_running_loop().call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
+                asyncio.get_running_loop().call_later(CLOSE_FLUSH_TIMEOUT, self._abort)
             transport.close()
             return
         if not self.paused:
             data = conn.data_to_send()
             if data:
                 transport.write(data)
+
+    def _abort(self) -> None:
+        """The peer did not take our last bytes in time: drop them (unless already closed;
+        asyncio's abort() fails on a transport that finished closing on its own)."""
+        if not self.lost and self.transport is not None:
+            self.transport.abort()
 
     def _http_timeout(self) -> None:
         self.http_timer = None
@@ -244,8 +252,7 @@ class LocalServer:
         finally:
             server.close()
             for each in list(self._conns):
-                if each.transport is not None:
-                    each.transport.abort()
+                each._abort()
             self._conns.clear()
             self._links.clear()
             if self._timer_handle is not None:

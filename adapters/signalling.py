@@ -147,6 +147,7 @@ class _Link:
     __slots__ = (
         "closed",
         "closing",
+        "lost",
         "out",
         "raw",
         "stream",
@@ -157,6 +158,7 @@ class _Link:
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.closing = False
+        self.lost = False  # asyncio: connection_lost() was called, the transport is gone
         # asyncio
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] | None = None if loop is None else loop.create_future()
@@ -470,7 +472,7 @@ class SignallingClient(EventEmitter):
             transport = link.transport
             if transport is not None:
                 if transport.get_write_buffer_size():
-                    asyncio.get_running_loop().call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
+                    asyncio.get_running_loop().call_later(CLOSE_FLUSH_TIMEOUT, _abort, link)
                 transport.close()
                 if link.closed is not None and not link.closed.done():
                     link.closed.set_result(None)
@@ -579,6 +581,7 @@ class SignallingClient(EventEmitter):
         self._process()
 
     def _lost(self, link: _Link) -> None:
+        link.lost = True
         if link.closed is not None and not link.closed.done():
             link.closed.set_result(None)
         if link.closing:
@@ -708,6 +711,13 @@ class SignallingClient(EventEmitter):
         if self._change is None:
             self._change = anyio.Event()
         await self._change.wait()
+
+
+def _abort(link: _Link) -> None:
+    """The server did not take our last bytes in time: drop them (unless the transport is
+    gone already: asyncio's abort() fails on one that finished closing on its own)."""
+    if not link.lost and link.transport is not None:
+        link.transport.abort()
 
 
 def _send_some(sock: socket.socket, out: bytearray) -> None:

@@ -122,3 +122,33 @@ def test_a_static_handler_can_use_anyio_under_plain_asyncio_run() -> None:
 
     assert asyncio.run(main()) == (200, b"ok")
     assert len(seen) == 1
+
+
+async def test_closing_with_unsent_bytes_then_draining_logs_nothing(anyio_backend: str) -> None:
+    """A dropped slow consumer is closed with bytes still buffered and an abort armed for
+    later; when the peer then drains them the transport closes on its own, and the armed
+    abort must not trip over it (asyncio's abort() fails on a fully closed transport)."""
+    errors: list[Any] = []
+    if anyio_backend == "asyncio":
+        import asyncio
+
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    config = replace(default_config(), limits=Limits(max_outbound_buffer=128 * 1024))
+    async with LocalServer(config, port=0) as server:
+        slow = await WsClient.open(server.port)
+        slow_id = (await slow.recv())["peerId"]
+        await slow.send({"type": "subscribe", "channel": "flood", "requestId": "s"})
+        await slow.recv_type("ack")
+        url = f"ws://127.0.0.1:{server.port}"
+        async with SignallingClient(api_key="pk_dev_local", url=url) as pub:
+            with anyio.fail_after(30):
+                while slow_id in server.broker.peers:
+                    await pub.publish("flood", "z" * 16_000)
+        with anyio.fail_after(10):
+            try:
+                while True:
+                    await slow._read()  # drain: the server's transport finishes closing
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+        await anyio.sleep(1.3)  # past the armed abort
+    assert errors == []
