@@ -172,6 +172,14 @@ class Bridge:
             loop.run_until_complete(self._main(ready))
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
+            # anyio's worker threads (a sync token provider ran there) were told to stop when
+            # _main, the loop's root task, ended: wait for them, so nothing outlives the bridge.
+            for thread in threading.enumerate():
+                if (
+                    getattr(thread, "loop", None) is loop
+                    and thread is not threading.current_thread()
+                ):
+                    thread.join(timeout=TASK_DRAIN)
         except BaseException:  # the thread must end whatever happens
             ready.set()
         finally:
