@@ -165,7 +165,7 @@ class RemotePeer(EventEmitter):
         self._meta = TrackMetaStore(max_bytes=owner._max_message_size())
         self._extmap = ExtmapRegistry()
         self._recovery = IceRecovery()
-        self._recovery_wake = anyio.Event()
+        self._recovery_wake = asyncio.Event()
         self._channels: list[DataChannel] = []
         self._senders: dict[str, Any] = {}  # local track id → sender
         self._proxies: dict[str, Any] = {}  # local track id → relay proxy
@@ -320,7 +320,7 @@ class RemotePeer(EventEmitter):
         self._emit(ConnectionReset())
 
     def _on_pc_state(self, state: str) -> None:
-        now = anyio.current_time()
+        now = _now()
         if state in ("new", "connecting"):
             if self._state == "idle":
                 self._set_state("connecting")
@@ -340,11 +340,11 @@ class RemotePeer(EventEmitter):
     async def _recovery_loop(self) -> None:
         while not self._closed:
             at = self._recovery.get_timer()
-            wake = self._recovery_wake = anyio.Event()
-            delay = 3600.0 if at is None else max(0.0, at - anyio.current_time())
+            wake = self._recovery_wake = asyncio.Event()
+            delay = 3600.0 if at is None else max(0.0, at - _now())
             with anyio.move_on_after(delay):
                 await wake.wait()
-            for action in self._recovery.handle_timer(anyio.current_time()):
+            for action in self._recovery.handle_timer(_now()):
                 if isinstance(action, RebuildNow):
                     self._ops.put_nowait(("rebuild", f"ice recovery attempt {action.attempt}"))
                 elif isinstance(action, RecoveryExhausted):
@@ -396,7 +396,8 @@ class RemotePeer(EventEmitter):
         for transceiver in pc.getTransceivers():
             if transceiver.sender in self._senders.values() and transceiver.mid is None:
                 return True
-        return bool(self._channels) and pc.sctp is None
+        # createDataChannel makes the SCTP transport at once; it has a mid once negotiated
+        return bool(self._channels) and (pc.sctp is None or pc.sctp.mid is None)
 
     async def _offer(self, *, force: bool = False) -> None:
         pc = self._pc
@@ -468,14 +469,14 @@ class RemotePeer(EventEmitter):
             making_offer=self._making_offer,
             signaling_state=self._pc.signalingState,
             ufrag_changed=self._have_remote and ufrag is not None and ufrag != self._remote_ufrag,
-            now=anyio.current_time(),
+            now=_now(),
             last_rebuild_at=self._last_rebuild,
         )
         self._ignoring_offer = decision == "ignore"
         if decision in ("ignore", "drop"):
             return
         if decision == "rebuild":
-            self._last_rebuild = anyio.current_time()
+            self._last_rebuild = _now()
             self._rebuild(
                 "offer collision" if self._pc.signalingState != "stable" else "remote restarted"
             )
@@ -595,6 +596,12 @@ class RemotePeer(EventEmitter):
             self._emit(StreamRemoved(stream))
 
 
+def _now() -> float:
+    """The asyncio loop's clock (also the signalling core's): usable from aiortc callbacks,
+    where anyio cannot tell which event loop is running."""
+    return asyncio.get_running_loop().time()
+
+
 _UFRAG = re.compile(r" ufrag (\S+)")
 
 
@@ -696,7 +703,7 @@ class MeteredPeer(EventEmitter):
         self._roster: Roster | None = None
         self._reconcile_pending = False
         self._departing: dict[str, float] = {}
-        self._departing_wake = anyio.Event()
+        self._departing_wake = asyncio.Event()
         self._relay_obj: Any = None
         client = self._client
         client.on(Connected, self._on_connected)
@@ -992,7 +999,7 @@ class MeteredPeer(EventEmitter):
             self._set_state("joined")
             self._emit(Joined(self.peer_id or "", ev.channel))
         change = self._roster.apply(ev.joined, ev.left, self.peer_id)
-        now = anyio.current_time()
+        now = _now()
         for entry in change.departed:
             remote = self._peers.get(entry.peer_id)
             if remote is None:
@@ -1035,12 +1042,12 @@ class MeteredPeer(EventEmitter):
     async def _departures(self) -> None:
         """Remove peers whose reconcile grace period ran out."""
         while True:
-            wake = self._departing_wake = anyio.Event()
+            wake = self._departing_wake = asyncio.Event()
             at = min(self._departing.values(), default=None)
-            delay = 3600.0 if at is None else max(0.0, at - anyio.current_time())
+            delay = 3600.0 if at is None else max(0.0, at - _now())
             with anyio.move_on_after(delay):
                 await wake.wait()
-            now = anyio.current_time()
+            now = _now()
             for peer_id, deadline in list(self._departing.items()):
                 if deadline <= now:
                     del self._departing[peer_id]
@@ -1141,7 +1148,7 @@ class MeteredPeer(EventEmitter):
     def _signal_ordered(self, to: str, payload: Any) -> Awaitable[None]:
         """Queue a ``send`` now (so wire order follows call order); await it for the ack."""
         client = self._client
-        rid = client._core.send(to, payload, anyio.current_time())
+        rid = client._core.send(to, payload, _now())
         return client._await(rid)
 
     def _fire(self, to: str, payload: Any) -> None:

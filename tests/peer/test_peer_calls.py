@@ -255,3 +255,30 @@ async def test_three_peer_mesh(server: LocalServer) -> None:
         await until(lambda: all(len(v) == 2 for v in got.values()), timeout=20)
     assert got["peer-a"] == {"peer-b->peer-a", "peer-c->peer-a"}
     assert got["peer-c"] == {"peer-a->peer-c", "peer-b->peer-c"}
+
+
+async def test_data_channel_added_to_a_call_with_media(server: LocalServer) -> None:
+    """A channel created after audio was negotiated renegotiates and opens on both sides."""
+    a, b = make_peer(server.port, "peer-a"), make_peer(server.port, "peer-b")
+    source = AudioSource()
+    a.add_track(source, MediaStream(id="voice"))
+    rx = Receiver(b)
+    inbound = anyio.Event()
+
+    @b.on(PeerJoined)
+    def _(ev: PeerJoined) -> None:
+        ev.peer.on(DataChannelOpened, lambda _: inbound.set())
+
+    async with a, b, anyio.create_task_group() as tg:
+        tg.start_soon(feed, source)
+        await a.join("late-channel")
+        await b.join("late-channel")
+        await until(lambda: rx.count("voice") > 10)
+        (remote,) = a.remote_peers
+        opened = anyio.Event()
+        channel = remote.create_data_channel("late")
+        channel.on(DCOpen, lambda _: opened.set())
+        with anyio.fail_after(10):
+            await opened.wait()
+            await inbound.wait()
+        tg.cancel_scope.cancel()
