@@ -53,6 +53,7 @@ from metered_realtime.core.errors import (
     MeteredPeerStateError,
     MeteredRealtimeError,
     OversizedPayloadError,
+    ReconcileTimeoutError,
     ReplaceTrackFailure,
     scrub,
 )
@@ -120,6 +121,7 @@ FATAL_SERVER_ERRORS = frozenset(
 )
 PC_CLOSE_BOUND = 2.0
 RECONCILE_GRACE = 10.0
+RECONCILE_RESUBSCRIBES = 2
 
 
 class _Local:
@@ -665,6 +667,9 @@ class MeteredPeer(EventEmitter):
             return super().__new__(TrioMeteredPeer)
         return super().__new__(cls)
 
+    RECONCILE_DEADLINE = 10.0
+    """Seconds to wait for the roster snapshot after a signalling reconnect (PROTOCOL §5.4)."""
+
     def __init__(
         self,
         *,
@@ -702,6 +707,9 @@ class MeteredPeer(EventEmitter):
         self._locals: dict[str, _Local] = {}
         self._roster: Roster | None = None
         self._reconcile_pending = False
+        self._reconcile_deadline: float | None = None
+        self._reconcile_budget = RECONCILE_RESUBSCRIBES
+        self._reconcile_wake = asyncio.Event()
         self._departing: dict[str, float] = {}
         self._departing_wake = asyncio.Event()
         self._relay_obj: Any = None
@@ -757,6 +765,7 @@ class MeteredPeer(EventEmitter):
         try:
             await self._bg.start()
             self._bg.spawn(self._departures)
+            self._bg.spawn(self._reconcile_watch)
             if self._client.state in ("idle", "closed"):
                 await self._client.connect()
             self._channel = channel
@@ -959,8 +968,44 @@ class MeteredPeer(EventEmitter):
         if ev.is_reconnect and self._state == "reconnecting" and not self._peers:
             self._reconcile_pending = False
             self._set_state("joined")
+        elif ev.is_reconnect and self._reconcile_pending:
+            # §5.4: wait (10 s) for the roster snapshot; resubscribe twice, then give up
+            self._reconcile_budget = RECONCILE_RESUBSCRIBES
+            self._reconcile_deadline = _now() + self.RECONCILE_DEADLINE
+            self._reconcile_wake.set()
+
+    async def _reconcile_watch(self) -> None:
+        """Forced resubscribes and ``ReconcileTimeoutError`` when no snapshot arrives."""
+        while True:
+            wake = self._reconcile_wake = asyncio.Event()
+            at = self._reconcile_deadline
+            delay = 3600.0 if at is None else max(0.0, at - _now())
+            with anyio.move_on_after(delay):
+                await wake.wait()
+            at = self._reconcile_deadline
+            if at is None or _now() < at:
+                continue
+            self._reconcile_deadline = None
+            pending = self._reconcile_pending and self._state == "reconnecting"
+            if not pending or self._client.state != "connected" or self._channel is None:
+                continue
+            if self._reconcile_budget > 0:
+                self._reconcile_budget -= 1
+                self._reconcile_deadline = _now() + self.RECONCILE_DEADLINE
+                self._log.warning(
+                    "no roster after reconnect; resubscribing", {"channel": self._channel}
+                )
+                with contextlib.suppress(MeteredRealtimeError):
+                    await self._client.subscribe(
+                        self._channel, SubscribeOptions(self._include_meta)
+                    )
+            else:
+                self._emit(
+                    FatalError(ReconcileTimeoutError("no presence snapshot after the reconnect"))
+                )
 
     def _on_disconnected(self, ev: Disconnected) -> None:
+        self._reconcile_deadline = None  # another drop: the next welcome starts a new one
         if self._state in ("joined", "reconnecting") and ev.will_reconnect:
             self._reconcile_pending = True
             if self._roster is not None:
@@ -1025,6 +1070,7 @@ class MeteredPeer(EventEmitter):
                 self._add_peer(entry)
         if change.snapshot and self._reconcile_pending:
             self._reconcile_pending = False
+            self._reconcile_deadline = None
             if self._state == "reconnecting":
                 self._set_state("joined")
 

@@ -282,3 +282,53 @@ async def test_data_channel_added_to_a_call_with_media(server: LocalServer) -> N
             await opened.wait()
             await inbound.wait()
         tg.cancel_scope.cancel()
+
+
+async def test_reconcile_timeout_after_forced_resubscribes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No roster after a reconnect: two forced resubscribes, then FatalError (PROTOCOL §5.4)."""
+    from metered_realtime.adapters.peer_events import FatalError
+    from metered_realtime.core.errors import ReconcileTimeoutError
+    from tests.proxy import ScriptedServer, ScriptedSocket
+
+    monkeypatch.setattr(MeteredPeer, "RECONCILE_DEADLINE", 0.3)
+    subscribes: list[int] = []
+
+    async def script(sock: ScriptedSocket) -> None:
+        first = not subscribes
+        await sock.welcome("peer-a")
+        while True:
+            frame = await sock.recv()
+            if frame["type"] == "subscribe":
+                subscribes.append(1)
+                await sock.send({"type": "ack", "requestId": frame["requestId"]})
+                if first:
+                    roster = {
+                        "type": "presence",
+                        "channel": frame["channel"],
+                        "joined": [{"peerId": "peer-b"}],
+                        "left": [],
+                    }
+                    await sock.send(roster)
+                    await sock.close(1001, "going away")  # then never another snapshot
+                    return
+
+    scripted = ScriptedServer(script)
+    async with anyio.create_task_group() as tg:
+        await tg.start(scripted.run)
+        peer = MeteredPeer(
+            api_key="pk_x",
+            url=f"ws://127.0.0.1:{scripted.port}",
+            loopback_only=True,
+            ice_servers=[],
+            reconnect=FAST,
+        )
+        fatal: list[FatalError] = []
+        peer.on(FatalError, fatal.append)
+        await peer.join("room")
+        await until(lambda: bool(fatal), timeout=10)
+        assert isinstance(fatal[0].err, ReconcileTimeoutError)
+        assert len(subscribes) == 4  # join, replay, two forced resubscribes
+        assert peer.state == "reconnecting"
+        assert [r.id for r in peer.remote_peers] == ["peer-b"]
+        await peer.close()
+        tg.cancel_scope.cancel()
