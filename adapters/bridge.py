@@ -1117,6 +1117,7 @@ class TrioMeteredPeer(MeteredPeer):
 SAFE_ON_TRIO: dict[type, frozenset[str]] = {
     MeteredPeer: frozenset(
         {
+            "RECONCILE_DEADLINE",  # a class constant, read on the loop thread
             "peer_id",
             "channel",
             "loopback_only",
