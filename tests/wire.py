@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from typing import Any
 
 from wsproto import WSConnection
@@ -35,11 +36,24 @@ from metered_realtime.core import (
     OpenTransport,
 )
 from metered_realtime.core.broker import Broker, PublishableKey, ServerConfig, SigningKey
+from metered_realtime.core.jwt import sign_hs256
 from metered_realtime.core.server import ServerConnection
 
 NOW = 1767225660.0
 DEV_KEY = "pk_dev_local"
 KID, SECRET = "sk_id_localtest01", "sk_secret_local_only_do_not_use"
+
+
+def mint_token(sub: str, ttl: float = 600, **claims: Any) -> str:
+    """A JWT for ``sub`` signed with the test signing key (all permissions, any channel)."""
+    body: dict[str, Any] = {
+        "sub": sub,
+        "exp": time.time() + ttl,
+        "channels": ["**"],
+        "permissions": ["subscribe", "publish", "presence", "send"],
+    }
+    body.update(claims)
+    return sign_hs256(body, SECRET, KID)
 
 
 def default_config(**overrides: Any) -> ServerConfig:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
-
 import anyio
 import pytest
 
 from metered_realtime.adapters.datachannel import DataChannel
-from metered_realtime.adapters.peer import MeteredPeer, RemotePeer
+from metered_realtime.adapters.peer import RemotePeer
 from metered_realtime.adapters.peer_events import (
     Data,
     DataChannelOpened,
@@ -26,35 +23,13 @@ from metered_realtime.adapters.peer_events import (
 from metered_realtime.adapters.server import LocalServer
 from metered_realtime.core.errors import MeteredPeerSendError, MeteredPeerStateError
 from metered_realtime.core.events import StateChange
-from metered_realtime.core.jwt import sign_hs256
 from metered_realtime.media.audio import AudioSource
 from metered_realtime.media.frames import iter_frames
 from metered_realtime.media.stream import MediaStream
-from tests.wire import KID, SECRET, default_config
+from tests.peer.common import make_peer
 
 pytestmark = pytest.mark.anyio
 POLITE, IMPOLITE = "peer-a", "peer-b"  # "peer-a" < "peer-b": peer-a is the polite side
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[LocalServer]:
-    async with LocalServer(default_config(), port=0) as srv:
-        yield srv
-
-
-def make_peer(server: LocalServer, sub: str) -> MeteredPeer:
-    def mint() -> str:
-        claims = {
-            "sub": sub,
-            "exp": time.time() + 600,
-            "channels": ["**"],
-            "permissions": ["subscribe", "publish", "presence", "send"],
-        }
-        return sign_hs256(claims, SECRET, KID)
-
-    return MeteredPeer(
-        token_provider=mint, url=f"ws://127.0.0.1:{server.port}", loopback_only=True, ice_servers=[]
-    )
 
 
 async def wait_for(event: anyio.Event, timeout: float = 10.0) -> None:
@@ -67,7 +42,7 @@ async def test_data_channel_opened_in_peer_joined_opens_on_both_sides(
     server: LocalServer, first: str
 ) -> None:
     second = IMPOLITE if first == POLITE else POLITE
-    peers = {name: make_peer(server, name) for name in (first, second)}
+    peers = {name: make_peer(server.port, name) for name in (first, second)}
     opened = {name: anyio.Event() for name in peers}
     got = {name: anyio.Event() for name in peers}
     inbound: dict[str, list[DataChannel]] = {name: [] for name in peers}
@@ -108,7 +83,7 @@ async def test_data_channel_opened_in_peer_joined_opens_on_both_sides(
 @pytest.mark.parametrize("sender", [POLITE, IMPOLITE])
 async def test_audio_arrives_with_stream_id_and_metadata(server: LocalServer, sender: str) -> None:
     receiver = IMPOLITE if sender == POLITE else POLITE
-    tx, rx = make_peer(server, sender), make_peer(server, receiver)
+    tx, rx = make_peer(server.port, sender), make_peer(server.port, receiver)
     source = AudioSource(input_rate=16_000)
     tx.add_track(source, MediaStream(id="agent-voice"), {"role": "voice"})
     streams: list[StreamAdded] = []
@@ -147,7 +122,7 @@ async def test_audio_arrives_with_stream_id_and_metadata(server: LocalServer, se
 
 
 async def test_echo_over_a_data_channel_with_backpressure(server: LocalServer) -> None:
-    a, b = make_peer(server, POLITE), make_peer(server, IMPOLITE)
+    a, b = make_peer(server.port, POLITE), make_peer(server.port, IMPOLITE)
     received: list[str] = []
     done = anyio.Event()
     channel_ready = anyio.Event()
@@ -184,7 +159,7 @@ async def test_echo_over_a_data_channel_with_backpressure(server: LocalServer) -
 
 
 async def test_data_events_and_errors(server: LocalServer) -> None:
-    a, b = make_peer(server, POLITE), make_peer(server, IMPOLITE)
+    a, b = make_peer(server.port, POLITE), make_peer(server.port, IMPOLITE)
     data: list[Data] = []
     a.on(Data, data.append)
     states: list[StateChange] = []
@@ -222,7 +197,7 @@ async def test_data_events_and_errors(server: LocalServer) -> None:
 
 
 async def test_left_event_and_remote_peer_closed(server: LocalServer) -> None:
-    a, b = make_peer(server, POLITE), make_peer(server, IMPOLITE)
+    a, b = make_peer(server.port, POLITE), make_peer(server.port, IMPOLITE)
     left: list[Left] = []
     a.on(Left, left.append)
     remotes: list[RemotePeer] = []

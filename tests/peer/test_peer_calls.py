@@ -3,8 +3,7 @@ failure and a three-peer mesh. Real aiortc through the local server, loopback-on
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -22,40 +21,13 @@ from metered_realtime.adapters.peer_events import (
 from metered_realtime.adapters.runtime import in_trio_thread
 from metered_realtime.adapters.server import LocalServer
 from metered_realtime.core.events import StateChange
-from metered_realtime.core.jwt import sign_hs256
-from metered_realtime.core.reconnect import ReconnectOptions
 from metered_realtime.media.audio import AudioSource
 from metered_realtime.media.frames import iter_frames
 from metered_realtime.media.stream import MediaStream
-from tests.wire import KID, SECRET, default_config
+from tests.peer.common import FAST, make_peer
+from tests.wire import default_config
 
 pytestmark = pytest.mark.anyio
-FAST = ReconnectOptions(initial_delay=0.05, max_delay=0.3, jitter_ratio=0.0)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[LocalServer]:
-    async with LocalServer(default_config(), port=0) as srv:
-        yield srv
-
-
-def make_peer(port: int, sub: str) -> MeteredPeer:
-    def mint() -> str:
-        claims = {
-            "sub": sub,
-            "exp": time.time() + 600,
-            "channels": ["**"],
-            "permissions": ["subscribe", "publish", "presence", "send"],
-        }
-        return sign_hs256(claims, SECRET, KID)
-
-    return MeteredPeer(
-        token_provider=mint,
-        url=f"ws://127.0.0.1:{port}",
-        loopback_only=True,
-        ice_servers=[],
-        reconnect=FAST,
-    )
 
 
 def on_aiortc_thread(fn: Callable[[], None]) -> None:

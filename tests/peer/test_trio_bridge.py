@@ -7,8 +7,7 @@ both backends in ``test_peer.py`` / ``test_peer_calls.py``).
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -32,11 +31,11 @@ from metered_realtime.adapters.peer_events import (
 from metered_realtime.adapters.server import LocalServer
 from metered_realtime.adapters.signalling import SignallingClient
 from metered_realtime.core.errors import MeteredRealtimeError
-from metered_realtime.core.jwt import sign_hs256
 from metered_realtime.media.audio import AudioSource
 from metered_realtime.media.frames import iter_frames
 from metered_realtime.media.stream import MediaStream
-from tests.wire import KID, SECRET, default_config
+from tests.peer.common import make_peer
+from tests.wire import mint_token
 
 pytestmark = pytest.mark.anyio
 
@@ -46,28 +45,8 @@ def anyio_backend() -> str:
     return "trio"
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[LocalServer]:
-    async with LocalServer(default_config(), port=0) as srv:
-        yield srv
-
-
 def mint_for(sub: str) -> Callable[[], str]:
-    def mint() -> str:
-        claims = {
-            "sub": sub,
-            "exp": time.time() + 600,
-            "channels": ["**"],
-            "permissions": ["subscribe", "publish", "presence", "send"],
-        }
-        return sign_hs256(claims, SECRET, KID)
-
-    return mint
-
-
-def make_peer(port: int, sub: str, **kwargs: Any) -> MeteredPeer:
-    kwargs.setdefault("token_provider", mint_for(sub))
-    return MeteredPeer(url=f"ws://127.0.0.1:{port}", loopback_only=True, ice_servers=[], **kwargs)
+    return lambda: mint_token(sub)
 
 
 class Recorder:
