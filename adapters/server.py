@@ -39,6 +39,7 @@ StaticHandler = Callable[[HttpRequest], "tuple[int, bytes, str] | None"]
 
 HTTP_PHASE_TIMEOUT = 10.0
 READ_SIZE = 65_536
+READ_BUFFER = 1 << 20
 CLOSE_FLUSH_TIMEOUT = 1.0
 WRITE_BUFFER_HIGH = 65_536
 
@@ -58,8 +59,13 @@ class _Link:
         self.wake.set()
 
 
-class _Connection(asyncio.Protocol):
-    """One accepted connection (asyncio): the transport's events go to the server."""
+class _Connection(asyncio.BufferedProtocol):
+    """One accepted connection (asyncio): the transport's events go to the server.
+
+    Buffered: every connection reads into the server's one preallocated buffer (a plain
+    ``Protocol`` gets a fresh 256 KiB ``recv()`` per read, which the allocator serves with
+    mmap/munmap: ~12 µs a read on Linux); the bytes are copied out before the callback ends.
+    """
 
     __slots__ = ("closing", "conn", "http_timer", "lost", "paused", "server", "transport")
 
@@ -86,6 +92,12 @@ class _Connection(asyncio.Protocol):
         self.server._conns.add(self)
         loop = asyncio.get_running_loop()
         self.http_timer = loop.call_later(HTTP_PHASE_TIMEOUT, self._http_timeout)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.server._read_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -191,6 +203,7 @@ class LocalServer:
         self._links: dict[int, _Link | _Connection] = {}  # session id → connection
         self._conns: set[_Connection] = set()  # asyncio: every open connection
         self._loop: asyncio.AbstractEventLoop | None = None  # set while serving on asyncio
+        self._read_view = memoryview(bytearray(READ_BUFFER))  # asyncio: every connection's reads
         self._flush_scheduled = False
         self._senders: set[_Link | _Connection] = set()  # asyncio: read from since the flush
         self._timer_handle: asyncio.TimerHandle | None = None  # asyncio
