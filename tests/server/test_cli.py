@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -30,7 +31,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_serve_starts_with_the_dev_key_and_stops_gracefully(serve_dev: Serve) -> None:
-    assert b"pk_dev_local" in serve_dev.banner  # printed with ready-to-paste lines
+    # printed with ready-to-paste lines, right after the listening line
+    more = serve_dev._read_until(re.compile(rb"Browser: "), 5.0)
+    assert b"development key: pk_dev_local" in serve_dev.banner + more
 
     async def session() -> None:
         status, _ = await http_get(serve_dev.port, "/healthz")
