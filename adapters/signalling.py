@@ -258,6 +258,7 @@ class SignallingClient(EventEmitter):
         self._closing = False
         self._change: anyio.Event | None = None
         self._aio: asyncio.AbstractEventLoop | None = None  # the loop, when on asyncio
+        self._burst = False  # the last read completed several requests (see _flush)
         self._read_view = memoryview(bytearray(0))  # asyncio: what every socket reads into
         self._now: Callable[[], float] = anyio.current_time
 
@@ -378,9 +379,11 @@ class SignallingClient(EventEmitter):
     def _process(self) -> None:
         """Drain the core: emit events, resolve waiters, act on actions, flush bytes."""
         core = self._core
+        resolved = 0
         while (ev := core.next_event()) is not None:
             kind = type(ev)
             if kind is RequestCompleted:
+                resolved += 1
                 waiter = self._waiters.pop(ev.request_id, None)  # type: ignore[union-attr]
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
@@ -399,6 +402,7 @@ class SignallingClient(EventEmitter):
                     )
                 self._emit(ev)
             elif isinstance(ev, RequestFailed):
+                resolved += 1
                 waiter = self._waiters.pop(ev.request_id, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_exception(ev.error)
@@ -425,6 +429,9 @@ class SignallingClient(EventEmitter):
                 self._log.warning(
                     "dropped a frame", {"code": ev.code, "reason": ev.reason, "type": ev.frame_type}
                 )
+        if resolved:
+            # many replies at once wake many requesters, whose requests should leave together
+            self._burst = resolved > 1
         self._flush()
         self._poke_timer()
 
@@ -440,10 +447,14 @@ class SignallingClient(EventEmitter):
             waiter.resolve(failure)
 
     def _flush(self) -> None:
-        """Get the core's bytes written soon (coalesced: once per loop iteration on asyncio).
+        """Get the core's bytes written: at once, or coalesced with what follows.
 
-        Past ``EARLY_WRITE`` bytes they go at once, so that the server starts on a burst
-        while we are still producing it rather than after.
+        asyncio: the first write of a loop iteration goes at once, later ones wait for the
+        end of the iteration (one ``call_soon``) and leave together — unless the last read
+        completed several requests (a burst: their requesters are about to run, so even the
+        first waits for them). Past ``EARLY_WRITE`` pending bytes everything goes at once, so
+        that the server starts on a burst while we are still producing it rather than after.
+        trio: see :meth:`_flush_now`.
         """
         link = self._transport
         if link is None or self._aio is None:
@@ -455,6 +466,8 @@ class SignallingClient(EventEmitter):
         elif pending and not link.write_scheduled:
             link.write_scheduled = True
             self._aio.call_soon(self._write_soon, link)
+            if not self._burst:
+                self._flush_now()
 
     def _write_soon(self, link: _Link) -> None:
         link.write_scheduled = False
@@ -470,11 +483,14 @@ class SignallingClient(EventEmitter):
         if link.transport is not None:
             link.transport.write(data)
         elif link.wake is not None:
+            # trio: on plain TCP, send at once what is neither part of a burst (see _flush)
+            # nor queued behind other bytes; else past EARLY_WRITE; else wake the writer
             out = link.out
+            alone = not out and not self._burst
             out += data
-            if link.raw is not None and len(out) >= EARLY_WRITE:
+            if link.raw is not None and (alone or len(out) >= EARLY_WRITE):
                 with contextlib.suppress(OSError):  # a dead socket: the writer finds out too
-                    _send_some(link.raw, out)  # the server can start on a burst at once
+                    _send_some(link.raw, out)
             if out:
                 link.wake.set()
 
