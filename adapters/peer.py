@@ -24,6 +24,7 @@ import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiortc  # noqa: F401 - the webrtc extra: fail at import, with the facade's hint
 import anyio
 
 from metered_realtime.adapters.datachannel import DataChannel
