@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -37,6 +35,7 @@ from metered_realtime.adapters.server import LocalServer
 from metered_realtime.core.client import ClientConnection
 from metered_realtime.core.errors import OversizedPayloadError
 from metered_realtime.core.jwt import sign_hs256
+from tests.netclient import self_signed_tls
 from tests.proxy import Proxy, ScriptedServer, ScriptedSocket
 from tests.wire import KID, SECRET, default_config
 
@@ -543,32 +542,8 @@ def test_constructor_validation() -> None:
 
 
 async def test_wss_with_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, ctx = self_signed_tls(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust our throwaway CA for this test
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
     async with (
         LocalServer(default_config(), port=0, ssl_context=ctx) as srv,
         SignallingClient(api_key="pk_dev_local", url=f"wss://127.0.0.1:{srv.port}") as client,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from metered_realtime.adapters.server import LocalServer
 from metered_realtime.core.broker import Limits, ServerConfig
 from metered_realtime.core.jwt import sign_hs256
-from tests.netclient import WsClient, http_get
+from tests.netclient import WsClient, http_get, self_signed_tls
 from tests.wire import KID, SECRET, default_config
 
 pytestmark = pytest.mark.anyio
@@ -147,29 +146,7 @@ async def test_connect_limit_answers_429() -> None:
 
 
 async def test_tls(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
+    cert, server_ctx = self_signed_tls(tmp_path)
     client_ctx = ssl.create_default_context(cafile=str(cert))
     client_ctx.check_hostname = False
     async with LocalServer(default_config(), port=0, ssl_context=server_ctx) as srv:
