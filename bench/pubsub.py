@@ -50,8 +50,6 @@ import contextlib
 import json
 import math
 import os
-import re
-import select
 import signal
 import socket
 import subprocess
@@ -64,6 +62,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+from _proc import pin_cpus, read_match  # bench/ is on sys.path when run as a script
 from wsproto import WSConnection
 from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
@@ -537,41 +536,6 @@ class ServerProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._stderr.close()
-
-
-def read_match(
-    proc: subprocess.Popen[bytes], pattern: bytes, timeout: float
-) -> re.Match[bytes] | None:
-    """Read ``proc``'s stdout until ``pattern`` matches, EOF or ``timeout``."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                return None
-            buf += chunk
-            found = re.search(pattern, buf)
-            if found:
-                return found
-        elif proc.poll() is not None:
-            return None
-    return None
-
-
-def pin_cpus(server_pid: int) -> tuple[int, int] | None:
-    """Put the server on one CPU and this process on another; ``(client, server)`` or None."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None
-    os.sched_setaffinity(server_pid, {cpus[1]})
-    os.sched_setaffinity(0, {cpus[0]})
-    return cpus[0], cpus[1]
 
 
 ECHO_CODE = """
