@@ -86,6 +86,7 @@ from metered_realtime.core.negotiation import (
     description_payload,
     end_of_candidates_payload,
     filter_candidates,
+    first_offer_hold,
     ice_ufrag,
     is_loopback_address,
     is_polite,
@@ -178,6 +179,7 @@ class RemotePeer(EventEmitter):
         self._reconnecting = False
         self._renegotiate_pending = False
         self._early: list[RtcCandidate] = []  # trickled before the description they belong to
+        self._offer_queued = asyncio.Event()  # a remote offer waits in _ops
 
     # --- public -------------------------------------------------------------------------
 
@@ -327,6 +329,9 @@ class RemotePeer(EventEmitter):
         if state in ("new", "connecting"):
             if self._state == "idle":
                 self._set_state("connecting")
+            if state == "connecting":
+                self._recovery.on_checking(now)
+                self._recovery_wake.set()
         elif state == "connected":
             self._reconnecting = False
             self._set_state("connected")
@@ -366,6 +371,8 @@ class RemotePeer(EventEmitter):
             self._ops.put_nowait(("negotiate", None))
 
     def _signal(self, payload: Any) -> None:
+        if isinstance(payload, RtcDescription) and payload.type == "offer":
+            self._offer_queued.set()
         self._ops.put_nowait(("signal", payload))
 
     async def _worker(self) -> None:
@@ -415,6 +422,12 @@ class RemotePeer(EventEmitter):
             and not self._renegotiate_pending
         ):
             return
+        hold = first_offer_hold(polite=self.polite, have_remote=self._have_remote, forced=force)
+        if hold and not self._offer_queued.is_set():
+            with anyio.move_on_after(hold):
+                await self._offer_queued.wait()
+        if hold and self._offer_queued.is_set():
+            return  # answer theirs instead; the answer's follow-up re-offers if still needed
         self._renegotiate_pending = False
         self._making_offer = True
         try:
@@ -454,6 +467,8 @@ class RemotePeer(EventEmitter):
     async def _on_description(self, desc: RtcDescription) -> None:
         from aiortc import RTCSessionDescription
 
+        if desc.type == "offer":
+            self._offer_queued.clear()
         sdp = desc.sdp
         if self._owner.loopback_only:
             sdp = filter_candidates(sdp, is_loopback_address)

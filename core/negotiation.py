@@ -36,6 +36,7 @@ from metered_realtime.core.sdp import (
 )
 
 __all__ = [
+    "FIRST_OFFER_HOLD",
     "MAX_CANDIDATE_LENGTH",
     "MAX_CANDIDATES_PER_GENERATION",
     "MAX_TRACK_META_ENTRIES",
@@ -66,6 +67,7 @@ __all__ = [
     "description_payload",
     "end_of_candidates_payload",
     "filter_candidates",
+    "first_offer_hold",
     "ice_ufrag",
     "is_loopback_address",
     "is_polite",
@@ -454,6 +456,28 @@ def offer_decision(
     return OFFER_REBUILD
 
 
+FIRST_OFFER_HOLD = 0.25
+"""Seconds an impolite peer gives the polite one to offer first on a fresh connection."""
+
+
+def first_offer_hold(*, polite: bool, have_remote: bool, forced: bool) -> float:
+    """How long to wait for the remote's offer before sending our first one.
+
+    Both sides offer as soon as they have media or a channel (no 2 s polite defer, §11.4),
+    which makes glare the rule when both join with something to send. Glare makes the polite
+    side roll back, and Chromium rolled back while it had just started gathering sometimes
+    never gathers again on that connection (measured: ~1 call in 7 with the official JS SDK
+    polite). So the impolite side holds its *first* offer on a fresh connection for up to
+    :data:`FIRST_OFFER_HOLD`, and answers instead if the polite side's offer arrives
+    meanwhile. The polite side never holds, so "a polite peer with media must not stall"; the
+    cost is at most the hold, and only when the polite side has nothing to send. Renegotiations
+    (``have_remote``) and forced offers (rebuilds, ICE recovery) never hold.
+    """
+    if polite or have_remote or forced:
+        return 0.0
+    return FIRST_OFFER_HOLD
+
+
 def answer_decision(signaling_state: str) -> bool:
     """Apply a received answer only with a local offer outstanding (§7.5.3)."""
     return signaling_state == "have-local-offer"
@@ -500,17 +524,33 @@ class IceRecovery:
     DELAYS: ClassVar[tuple[float, ...]] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0)
     """Delay before attempt n (``DELAYS[n - 1]``); its length is the attempt budget."""
     WATCHDOG: ClassVar[float] = 15.0
+    CONNECT_TIMEOUT: ClassVar[float] = 10.0
+    """How long a connection may stay ``connecting`` before it counts as failed."""
 
-    __slots__ = ("_attempts", "_delays", "_due", "_exhausted", "_watchdog", "_watchdog_at")
+    __slots__ = (
+        "_attempts",
+        "_connect_timeout",
+        "_delays",
+        "_due",
+        "_exhausted",
+        "_watchdog",
+        "_watchdog_at",
+    )
 
     def __init__(
-        self, *, delays: tuple[float, ...] | None = None, watchdog: float | None = None
+        self,
+        *,
+        delays: tuple[float, ...] | None = None,
+        watchdog: float | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
-        """``delays`` / ``watchdog`` override the class constants (e.g. for fast tests)."""
+        """``delays`` / ``watchdog`` / ``connect_timeout`` override the class constants (e.g.
+        for fast tests)."""
         self._delays = self.DELAYS if delays is None else tuple(delays)
         if not self._delays:
             raise ValueError("at least one attempt is needed")
         self._watchdog = self.WATCHDOG if watchdog is None else watchdog
+        self._connect_timeout = self.CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
         self._attempts = 0
         self._due: float | None = None
         """When the next step (an attempt, or the exhaustion report) is due."""
@@ -552,6 +592,18 @@ class IceRecovery:
             self._exhausted = False
         elif state == "failed" and not self._exhausted and self._due is None:
             self._schedule_next(now)
+
+    def on_checking(self, now: float) -> None:
+        """A connection outside the ladder started connecting (ICE checks began).
+
+        Arms a ``CONNECT_TIMEOUT`` watchdog: if ``"connected"`` does not come first, the
+        connection counts as failed and attempt 1 follows. ICE agents wait for remote
+        candidates indefinitely until end-of-candidates, so a peer whose candidates never
+        arrive (e.g. a browser whose gathering stalled after a rollback) would otherwise
+        leave the call ``connecting`` forever. Ignored while the ladder is active.
+        """
+        if not self.active and not self._exhausted:
+            self._watchdog_at = now + self._connect_timeout
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` next has something to do, or ``None``."""

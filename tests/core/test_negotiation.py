@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from metered_realtime.core.frames import DirectFrame, SendFrame, decode_server_frame, dumps
 from metered_realtime.core.negotiation import (
+    FIRST_OFFER_HOLD,
     OFFER_APPLY,
     OFFER_DROP,
     OFFER_IGNORE,
@@ -36,6 +37,7 @@ from metered_realtime.core.negotiation import (
     description_payload,
     end_of_candidates_payload,
     filter_candidates,
+    first_offer_hold,
     ice_ufrag,
     is_loopback_address,
     is_polite,
@@ -1080,6 +1082,52 @@ def test_ladder_late_timer_does_one_step() -> None:
     assert rec.get_timer() == 101.0
 
 
+def test_connect_watchdog_counts_a_stalled_connect_as_failed() -> None:
+    rec = IceRecovery(connect_timeout=10.0)
+    rec.on_checking(0.0)
+    assert rec.get_timer() == 10.0
+    assert rec.handle_timer(9.9) == []
+    assert rec.handle_timer(10.0) == [RebuildNow(1)]  # then the ladder as after "failed"
+    rec.on_checking(11.0)  # the rebuilt connection checks: the attempt's watchdog rules
+    assert rec.get_timer() == 25.0
+    rec.on_connection_state("connected", 12.0)
+    assert (rec.attempts, rec.get_timer()) == (0, None)
+
+
+def test_connect_watchdog_is_cancelled_by_connected() -> None:
+    rec = IceRecovery()
+    rec.on_checking(0.0)
+    assert rec.get_timer() == IceRecovery.CONNECT_TIMEOUT
+    rec.on_checking(5.0)  # a repeat does not push the deadline back
+    assert rec.get_timer() == IceRecovery.CONNECT_TIMEOUT
+    rec.on_connection_state("connected", 1.0)
+    assert rec.get_timer() is None
+    assert rec.handle_timer(100.0) == []
+
+
+def test_connect_watchdog_is_ignored_after_exhaustion() -> None:
+    rec = IceRecovery(delays=(0.0,), watchdog=1.0)
+    rec.on_connection_state("failed", 0.0)
+    assert rec.handle_timer(0.0) == [RebuildNow(1)]
+    assert rec.handle_timer(1.0) == [RecoveryExhausted(1)]
+    rec.on_checking(2.0)
+    assert rec.get_timer() is None
+
+
+@pytest.mark.parametrize(
+    ("polite", "have_remote", "forced", "hold"),
+    [
+        (False, False, False, FIRST_OFFER_HOLD),  # impolite, fresh connection: hold
+        (True, False, False, 0.0),  # the polite side never holds
+        (False, True, False, 0.0),  # renegotiation
+        (False, False, True, 0.0),  # rebuild / recovery offer
+    ],
+)
+def test_first_offer_hold(polite: bool, have_remote: bool, forced: bool, hold: float) -> None:
+    assert first_offer_hold(polite=polite, have_remote=have_remote, forced=forced) == hold
+    assert 0.0 < FIRST_OFFER_HOLD <= 0.5  # short: it delays media when the polite side is silent
+
+
 def test_ladder_rejects_empty_budget() -> None:
     with pytest.raises(ValueError, match="attempt"):
         IceRecovery(delays=())
@@ -1087,7 +1135,7 @@ def test_ladder_rejects_empty_budget() -> None:
 
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["failed", "connected", "connecting", "timer"]),
+        st.sampled_from(["failed", "connected", "connecting", "checking", "timer"]),
         st.floats(min_value=0.0, max_value=40.0),
     ),
     max_size=60,
@@ -1115,6 +1163,8 @@ def test_ladder_invariants(ops: list[tuple[str, float]]) -> None:
                     assert action == RecoveryExhausted(9)
                     exhausted_reports += 1
                     assert exhausted_reports == 1
+        elif op == "checking":
+            rec.on_checking(now)
         else:
             rec.on_connection_state(op, now)
             if op == "connected":

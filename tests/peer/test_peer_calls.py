@@ -11,6 +11,7 @@ import pytest
 
 from metered_realtime.adapters.peer import MeteredPeer, RemotePeer
 from metered_realtime.adapters.peer_events import (
+    ConnectionReset,
     DataChannelOpened,
     DCMessage,
     DCOpen,
@@ -79,9 +80,19 @@ class Receiver:
         return self.frames.get(key, 0)
 
 
-async def test_glare_both_send_and_both_open_channels(server: LocalServer) -> None:
-    """Both sides have media and open a channel at once: glare, resolved without losses."""
-    a, b = make_peer(server.port, "peer-a"), make_peer(server.port, "peer-b")
+@pytest.mark.parametrize("hold", [True, False], ids=["first-offer-hold", "no-hold"])
+async def test_glare_both_send_and_both_open_channels(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch, hold: bool
+) -> None:
+    """Both sides have media and open a channel at once. With the impolite side's first-offer
+    hold, the polite side's offer wins without glare (no rebuild at all); without it, glare
+    costs the polite side one rebuild. Either way nothing is lost."""
+    import metered_realtime.core.negotiation as negotiation
+
+    if not hold:
+        monkeypatch.setattr(negotiation, "FIRST_OFFER_HOLD", 0.0)
+    a, b = make_peer(server.port, "peer-a"), make_peer(server.port, "peer-b")  # a is polite
+    resets = {"a": 0, "b": 0}
     sources = {}
     for name, peer in (("a", a), ("b", b)):
         sources[name] = AudioSource()
@@ -93,6 +104,11 @@ async def test_glare_both_send_and_both_open_channels(server: LocalServer) -> No
         def joined(ev: PeerJoined, name: str = name) -> None:
             ch = ev.peer.create_data_channel("glare")
             ch.on(DCOpen, lambda _: opened[name].set())
+
+            def reset(_: ConnectionReset) -> None:
+                resets[name] += 1
+
+            ev.peer.on(ConnectionReset, reset)
 
         peer.on(PeerJoined, joined)
     async with a, b, anyio.create_task_group() as tg:
@@ -106,6 +122,9 @@ async def test_glare_both_send_and_both_open_channels(server: LocalServer) -> No
             await opened["b"].wait()
         assert rx["a"].metadata == {"voice-b": {"who": "b"}}
         assert rx["b"].metadata == {"voice-a": {"who": "a"}}
+        assert resets["b"] == 0  # the impolite side never rebuilds for glare
+        if hold:
+            assert resets["a"] == 0
         tg.cancel_scope.cancel()
 
 
@@ -201,6 +220,54 @@ async def test_ice_failure_recovers(server: LocalServer, monkeypatch: pytest.Mon
         assert "connecting" not in remote_states[remote_states.index("reconnecting") :]
         frames_then = rx.count("voice")
         await until(lambda: rx.count("voice") > frames_then + 10)  # media flows again
+        tg.cancel_scope.cancel()
+
+
+async def test_stalled_connect_is_rebuilt(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Remote candidates that never come (a browser whose gathering stalled) leave ICE
+    checking forever; the connect watchdog counts that as a failure and rebuilds."""
+    import metered_realtime.adapters.peer as peer_module
+    from metered_realtime.core.negotiation import EndOfCandidates, IceRecovery
+
+    monkeypatch.setattr(IceRecovery, "CONNECT_TIMEOUT", 1.0)
+    stalled = [2]  # the first offer and answer lose their candidates and end-of-candidates
+    keep = peer_module.filter_candidates
+
+    def filter_candidates(sdp: str, admit: Callable[[str], bool]) -> str:
+        if stalled[0] > 0:
+            stalled[0] -= 1
+            lines = keep(sdp, lambda _ip: False).splitlines(keepends=True)
+            return "".join(x for x in lines if not x.startswith("a=end-of-candidates"))
+        return keep(sdp, admit)
+
+    on_signal = RemotePeer._on_signal
+
+    async def _on_signal(self: RemotePeer, signal: Any) -> None:
+        pc = self._pc
+        first = pc is not None and pc.connectionState != "connected"
+        if isinstance(signal, EndOfCandidates) and first and self._recovery.attempts == 0:
+            return  # swallowed while the first connection stalls
+        await on_signal(self, signal)
+
+    monkeypatch.setattr(peer_module, "filter_candidates", filter_candidates)
+    monkeypatch.setattr(RemotePeer, "_on_signal", _on_signal)
+    a, b = make_peer(server.port, "peer-a"), make_peer(server.port, "peer-b")
+    source = AudioSource()
+    b.add_track(source, MediaStream(id="voice"))
+    rx = Receiver(a)
+    states: list[str] = []
+    a.on(PeerJoined, lambda ev: ev.peer.on(StateChange, lambda s: states.append(s.to)))
+    async with a, b, anyio.create_task_group() as tg:
+        tg.start_soon(feed, source)
+        await a.join("stall")
+        await b.join("stall")
+        await until(lambda: rx.count("voice") > 10, timeout=15)
+        assert stalled[0] == 0  # the first round really went without candidates
+        assert rx.remotes[0].state == "connected"
+        assert states[0] == "connecting"
+        assert states[-1] == "connected"
         tg.cancel_scope.cancel()
 
 
