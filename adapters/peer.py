@@ -44,6 +44,7 @@ from metered_realtime.adapters.peer_events import (
     StreamRemoved,
     Track,
 )
+from metered_realtime.adapters.relay import TrackRelay
 from metered_realtime.adapters.runtime import BackgroundTasks, in_trio_thread
 from metered_realtime.adapters.signalling import SignallingClient, TokenProvider
 from metered_realtime.core.errors import (
@@ -284,7 +285,7 @@ class RemotePeer(EventEmitter):
         return pc
 
     def _attach(self, pc: Any, local: _Local) -> None:
-        proxy = self._owner._relay().subscribe(local.track, buffered=False)
+        proxy = self._owner._relay().subscribe(local.track)
         sender = pc.addTrack(proxy)
         sender._track_id = local.track.id  # msid carries the original track's id
         if local.stream is not None:
@@ -728,7 +729,7 @@ class MeteredPeer(EventEmitter):
         self._reconcile_wake = asyncio.Event()
         self._departing: dict[str, float] = {}
         self._departing_wake = asyncio.Event()
-        self._relay_obj: Any = None
+        self._relay_obj: TrackRelay | None = None
         client = self._client
         client.on(Connected, self._on_connected)
         client.on(Disconnected, self._on_disconnected)
@@ -825,6 +826,9 @@ class MeteredPeer(EventEmitter):
         self._set_state("leaving")
         await self._teardown_peers()
         self._locals.clear()
+        if self._relay_obj is not None:
+            self._relay_obj.close()  # stop reading the local sources: the caller owns them
+            self._relay_obj = None
         await self._client.close()
         await self._bg.stop()
         peer_id, channel = self._client.peer_id, self._channel
@@ -937,7 +941,7 @@ class MeteredPeer(EventEmitter):
                 if new_track is None:
                     sender.replaceTrack(None)
                 else:
-                    new_proxy = self._relay().subscribe(new_track, buffered=False)
+                    new_proxy = self._relay().subscribe(new_track)
                     sender.replaceTrack(new_proxy)
                     sender._track_id = old_track.id
                     remote._proxies[new_track.id] = new_proxy
@@ -1181,11 +1185,9 @@ class MeteredPeer(EventEmitter):
     def _current_ice_servers(self) -> tuple[IceServerConfig, ...]:
         return self._explicit_ice if self._explicit_ice is not None else self._welcome_ice
 
-    def _relay(self) -> Any:
+    def _relay(self) -> TrackRelay:
         if self._relay_obj is None:
-            from aiortc.contrib.media import MediaRelay
-
-            self._relay_obj = MediaRelay()
+            self._relay_obj = TrackRelay()
         return self._relay_obj
 
     def _restrict_gathering(self, pc: Any) -> None:

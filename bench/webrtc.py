@@ -33,8 +33,8 @@ or only the impolite peer when only the polite one sends), the figure is t0 → 
 receiver has no frame within ``--timeout`` of the first ``join()`` call, or if either peer has
 had no ``PeerJoined`` 2 s after t0 (failed runs are counted and left out of the percentiles;
 after 3 consecutive failures the configuration stops, and if none of its runs succeeded, part 1
-stops). Each run closes both peers and then ``stop()`` s its sources (``MeteredPeer.close()``
-leaves its ``MediaRelay`` reading a local track until the track ends). Printed per configuration
+stops). Each run closes both peers and then ``stop()`` s its sources (the census after part 1
+checks that ``MeteredPeer.close()`` left no relay reading them). Printed per configuration
 and receiving side: p50 / p95 / max (nearest rank), against the target p95 ≤ 150 ms; the medians
 of the intervals the time splits into (offer/answer, ICE checks, DTLS, sender start, and the
 sender's first frame → the receiver's first decoded frame); loop stalls (the loop woke > 15 ms
@@ -539,8 +539,6 @@ async def audio_run(port: int, cfg: AudioConfig, index: int, timeout: float) -> 
             task.cancel()
         await close_all(*peers.values())
         for local in sources:
-            # MeteredPeer.close() leaves its MediaRelay reading the source until the source
-            # ends: without this, every run would leave a task pulling 50 frames/s behind.
             local.stop()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
@@ -683,12 +681,15 @@ async def part_audio(port: int, runs: int, timeout: float) -> None:
     print_census("after part 1, every peer closed and every source stopped")
 
 
+READER = "TrackRelay._read"  # the relay's reader task per local source
+
+
 def print_census(when: str) -> None:
     """What is still alive in this process (leaks show up here)."""
     tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    relays = sum(1 for t in tasks if "__run_track" in repr(t.get_coro()))
+    relays = sum(1 for t in tasks if getattr(t.get_coro(), "__qualname__", "") == READER)
     print(
-        f"\n{when}: {len(tasks)} other asyncio tasks alive ({relays} MediaRelay readers),"
+        f"\n{when}: {len(tasks)} other asyncio tasks alive ({relays} relay readers),"
         f" {threading.active_count()} threads"
     )
 
