@@ -50,3 +50,26 @@ def test_data_channel_echo(server: Serve) -> None:
     assert result.returncode == 0, result.stderr
     assert "50 echoes over a P2P data channel" in result.stdout
     assert "data channel echo: ok" in result.stdout
+
+
+def test_audio_agent(server: Serve) -> None:
+    env = {**os.environ, "METERED_URL": f"ws://127.0.0.1:{server.port}", "METERED_SECONDS": "3"}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "audio_agent.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ELSEWHERE,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "audio agent: ok" in result.stdout
+    levels = [
+        float(line.split(":")[-1].split()[0])
+        for line in result.stdout.splitlines()
+        if "level from" in line
+    ]
+    assert levels, result.stdout
+    assert max(levels) > -30  # the human's tone, not silence
+    heard = next(line for line in result.stdout.splitlines() if line.startswith("human: heard"))
+    assert "440" in heard.split("(")[0]  # the agent's first note arrives at its pitch
