@@ -7,25 +7,44 @@ producer falls behind, ``recv()`` returns silence for that slot instead of waiti
 
 Data path, all on one asyncio loop (the one aiortc runs on)::
 
-    push(bytes) ──────► _in  (input PCM, whole samples) ──┐ resampled lazily by recv(),
-                                                          │ up to 200 ms per call
-    push(AudioFrame) ─► resampled at once ─┐              ▼
-    push(bytes at 48 kHz stereo) ──────────┴─────────► _out (48 kHz stereo s16) ──► recv()
+    push(bytes) ──► _in (input PCM) ──► resampler ─────────────────────────┐ recv(): one frame
+                    (lazily, by recv)   (holds converted audio not yet sent) ├──► per 20 ms
+    push(AudioFrame) ──► resampled at once ──┐                              │
+    push(bytes at 48 kHz stereo) ────────────┴─► _out (48 kHz stereo s16) ──┘
 
-Resampling lazily, in batches, means a producer that pushes many small chunks ahead of real time
-pays the resampler's per-call cost once per batch rather than once per chunk. A frame push first
-converts the PCM queued before it, so audio always leaves in the order it was pushed.
+Order is push order: ``_out`` goes first, then what the resampler holds, then ``_in`` (a frame
+push first converts the PCM queued before it and flushes the resampler's tail into ``_out``).
+
+**Cost.** A real-time producer (a TTS stream, a network relay) pushes 20 ms and the track sends
+20 ms: one resampler call per frame, so the resampler's fixed cost per call is what matters.
+PyAV's ``AudioResampler`` runs a filter graph per call (~10 µs of fixed cost, an exception per
+call included); here libswresample — the library behind that graph, already loaded by PyAV — is
+called directly through ``ctypes`` (~0.5 µs per call), and ``recv()`` has it write straight into
+the frame it returns. Same library, same options, so the same samples (a test checks it). Where
+the library cannot be reached that way (e.g. Windows, where a module's dependencies are not
+searchable), PyAV's resampler is used, on batches of up to 200 ms to amortise its cost.
+
+**Pacing.** asyncio's timers wake through ``epoll_wait``, which counts in whole milliseconds
+(rounded up): up to 1 ms late. On Linux, with the default clock, ``recv()`` waits on a timerfd
+armed at the frame's absolute due time instead, so a frame leaves within tens of µs of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import fractions
+import importlib
 import logging
 import math
+import os
+import sys
+import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -55,6 +74,180 @@ _PASSTHROUGH: Final = ("s16", "stereo", OUTPUT_RATE)
 # copied to both channels at the level it was pushed at (as a browser plays mono Opus).
 _MONO_UPMIX: Final = {"rematrix_volume": repr(math.sqrt(2))}
 
+_LAYOUT_CHANNELS: Final = {"mono": 1, "stereo": 2}
+_MIN_RATE: Final = 8_000
+_MAX_RATE: Final = 192_000
+_MIN_BUFFER_SECONDS: Final = 0.1  # must hold a frame plus the resampler's delay, with margin
+_CONVERT_SECONDS: Final = 0.2  # largest batch of input PCM resampled in one call
+_HYSTERESIS_SECONDS: Final = 0.1  # a blocked push() resumes this far below the limit
+_MAX_LAG_SECONDS: Final = 0.2  # further behind schedule than this: re-anchor, don't burst
+# recv() feeds libswresample more input only while it holds less than this (48 kHz samples):
+# one frame plus room for its filter delay, so a call always has a whole frame to give.
+_SWR_LOW_WATER: Final = 2 * FRAME_SAMPLES
+
+_Key = tuple[str, str, int]  # (sample format, layout, rate) a resampler was built for
+
+
+# ---------------------------------------------------------------- libswresample, directly
+
+
+class _SwrLib:
+    """The libswresample / libavutil entry points used, from the copy PyAV loaded.
+
+    All take and return plain ints and pointers; every SwrContext option is set by name
+    (``av_opt_set``), so no FFmpeg struct layout is assumed.
+    """
+
+    def __init__(self, dll: ctypes.CDLL) -> None:
+        vp, i, i64, cp = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_char_p
+        self.version: Callable[[], int] = self._fn(dll.swresample_version, ctypes.c_uint, [])
+        self.alloc: Callable[[], int | None] = self._fn(dll.swr_alloc, vp, [])
+        self.free: Callable[[Any], None] = self._fn(dll.swr_free, None, [ctypes.POINTER(vp)])
+        self.opt_set: Callable[[int, bytes, bytes, int], int] = self._fn(
+            dll.av_opt_set, i, [vp, cp, cp, i]
+        )
+        self.opt_set_int: Callable[[int, bytes, int, int], int] = self._fn(
+            dll.av_opt_set_int, i, [vp, cp, i64, i]
+        )
+        self.init: Callable[[int], int] = self._fn(dll.swr_init, i, [vp])
+        # swr_convert(ctx, uint8_t **out, int out_count, const uint8_t **in, int in_count)
+        self.convert: Callable[[int, Any, int, Any, int], int] = self._fn(
+            dll.swr_convert, i, [vp, vp, i, vp, i]
+        )
+        self.out_samples: Callable[[int, int], int] = self._fn(dll.swr_get_out_samples, i, [vp, i])
+
+    @staticmethod
+    def _fn(fn: Any, restype: Any, argtypes: list[Any]) -> Any:
+        fn.restype = restype
+        fn.argtypes = argtypes
+        return fn
+
+    def free_context(self, ctx: int) -> None:
+        self.free(ctypes.byref(ctypes.c_void_p(ctx)))
+
+
+class _SwrError(Exception):
+    """libswresample refused a configuration (the PyAV resampler is used instead)."""
+
+
+def _load_swr() -> _SwrLib | None:
+    """libswresample through any of PyAV's extension modules (dlsym searches their
+    dependencies), or ``None`` where that does not work."""
+    if sys.platform == "win32":  # GetProcAddress does not search a module's dependencies
+        return None
+    for name in ("av._core", "av.audio.resampler", "av.audio.frame"):
+        try:
+            module = importlib.import_module(name)
+            path = getattr(module, "__file__", None)
+            if not path or path.endswith(".py"):
+                continue
+            lib = _SwrLib(ctypes.CDLL(path))
+            if lib.version() >> 16 < 4:  # chlayout options: FFmpeg 5.1+
+                return None
+            _Swr(lib, ("s16", "mono", 16_000))  # builds and initialises: the calls work
+        except (ImportError, OSError, AttributeError, _SwrError, MemoryError):
+            continue
+        return lib
+    return None
+
+
+class _Swr:
+    """One SwrContext: audio of ``key`` → 48 kHz stereo s16, as PyAV's resampler would make it
+    (the same library, defaults and options)."""
+
+    __slots__ = (
+        "__weakref__",
+        "_cap",
+        "_ctx",
+        "_in",
+        "_lib",
+        "_out",
+        "_outbuf",
+        "key",
+        "pending",
+        "ratio",
+        "sample_bytes",
+    )
+
+    def __init__(self, lib: _SwrLib, key: _Key) -> None:
+        fmt, layout, rate = key
+        ctx = lib.alloc()
+        if not ctx:
+            raise MemoryError("swr_alloc failed")
+        weakref.finalize(self, lib.free_context, ctx)
+        options = [
+            (b"in_chlayout", layout),
+            (b"in_sample_fmt", fmt),
+            (b"out_chlayout", "stereo"),
+            (b"out_sample_fmt", "s16"),
+        ]
+        if layout == "mono":
+            options.append((b"rematrix_volume", _MONO_UPMIX["rematrix_volume"]))
+        for name, value in options:
+            if lib.opt_set(ctx, name, value.encode(), 0) < 0:
+                raise _SwrError(f"{name.decode()}={value}")
+        for name, number in ((b"in_sample_rate", rate), (b"out_sample_rate", OUTPUT_RATE)):
+            if lib.opt_set_int(ctx, name, number, 0) < 0:
+                raise _SwrError(f"{name.decode()}={number}")
+        if lib.init(ctx) < 0:
+            raise _SwrError(f"swr_init for {key}")
+        self._lib = lib
+        self._ctx: int = ctx
+        self.key = key
+        self.ratio = OUTPUT_RATE / rate
+        channels = _LAYOUT_CHANNELS.get(layout, 0)
+        self.sample_bytes = 2 * channels  # of s16 interleaved input (bytes pushes)
+        self.pending = 0.0  # 48 kHz samples held (input not yet converted, filter delay)
+        self._in = (ctypes.c_char_p * 1)()  # packed input: one plane, a bytes object
+        self._out = (ctypes.c_void_p * 1)()
+        self._cap = 0
+        self._outbuf = ctypes.create_string_buffer(0)
+
+    def into(self, address: int, samples: int, pcm: bytes) -> int:
+        """Convert ``pcm`` (s16 interleaved, may be empty) and write at most ``samples`` output
+        samples at ``address``; the rest stays in the context. Returns the samples written."""
+        self._in[0] = pcm
+        self._out[0] = address
+        n_in = len(pcm) // self.sample_bytes
+        got = self._lib.convert(self._ctx, self._out, samples, self._in, n_in)
+        if got < 0:
+            raise RuntimeError(f"swr_convert failed ({got})")
+        self.pending += n_in * self.ratio - got
+        return got
+
+    def _run(self, planes: Any, n_in: int) -> bytes:
+        """Everything the context can give for ``n_in`` more samples (``planes=None``: flush)."""
+        cap = self._lib.out_samples(self._ctx, n_in) + FRAME_SAMPLES
+        if cap > self._cap:
+            self._cap = cap
+            self._outbuf = ctypes.create_string_buffer(cap * _OUT_SAMPLE_BYTES)
+        self._out[0] = ctypes.addressof(self._outbuf)
+        got = self._lib.convert(self._ctx, self._out, self._cap, planes, n_in)
+        if got < 0:
+            raise RuntimeError(f"swr_convert failed ({got})")
+        self.pending = 0.0 if planes is None else self.pending + n_in * self.ratio - got
+        return ctypes.string_at(self._outbuf, got * _OUT_SAMPLE_BYTES)
+
+    def pcm(self, pcm: bytes) -> bytes:
+        self._in[0] = pcm
+        return self._run(self._in, len(pcm) // self.sample_bytes)
+
+    def frame(self, frame: av.AudioFrame) -> bytes:
+        planes = frame.planes
+        pointers = (ctypes.c_void_p * len(planes))(*(plane.buffer_ptr for plane in planes))
+        return self._run(pointers, frame.samples)
+
+    def flush(self) -> bytes:
+        """The tail held back by the filter; the context is not used after this."""
+        return self._run(None, 0)
+
+
+_SWR: _SwrLib | None = _load_swr()
+"""``None``: libswresample is not reachable; PyAV's ``AudioResampler`` is used (tests patch it)."""
+
+
+# ---------------------------------------------------------------- PyAV's resampler (fallback)
+
 
 def _resampler_takes_options() -> bool:
     """Older PyAV releases have no ``AudioResampler(options=...)``."""
@@ -80,68 +273,284 @@ def _mono_to_stereo(pcm: bytes) -> bytes:
     return bytes(out)
 
 
-_LAYOUT_CHANNELS: Final = {"mono": 1, "stereo": 2}
-_MIN_RATE: Final = 8_000
-_MAX_RATE: Final = 192_000
-_MIN_BUFFER_SECONDS: Final = 0.1  # must hold a frame plus the resampler's delay, with margin
-_CONVERT_SECONDS: Final = 0.2  # largest batch of input PCM resampled in one call
-_HYSTERESIS_SECONDS: Final = 0.1  # a blocked push() resumes this far below the limit
-_MAX_LAG_SECONDS: Final = 0.2  # further behind schedule than this: re-anchor, don't burst
+class _PyAVResampler:
+    """The same conversion through PyAV's ``AudioResampler`` (a filter graph per call)."""
 
-_Key = tuple[str, str, int]  # (sample format, layout, rate) a resampler was built for
+    __slots__ = ("_resampler", "_upmix_here", "key", "pending")
+
+    def __init__(self, key: _Key) -> None:
+        mono = key[1] == "mono"
+        self._upmix_here = mono and not _UPMIX_IN_FFMPEG
+        if mono and _UPMIX_IN_FFMPEG:
+            self._resampler = av.AudioResampler(
+                format="s16", layout="stereo", rate=OUTPUT_RATE, options=_MONO_UPMIX
+            )
+        else:
+            self._resampler = av.AudioResampler(
+                format="s16", layout="mono" if mono else "stereo", rate=OUTPUT_RATE
+            )
+        self.key = key
+        self.pending = 0.0  # not tracked: the filter holds back a few ms at most
+
+    def _run(self, frame: av.AudioFrame | None) -> bytes:
+        # Planes may be padded past the last sample: cut each to its samples.
+        outs = self._resampler.resample(frame)
+        if self._upmix_here:
+            return b"".join(
+                _mono_to_stereo(memoryview(out.planes[0])[: out.samples * 2].tobytes())
+                for out in outs
+            )
+        return b"".join(
+            memoryview(out.planes[0])[: out.samples * _OUT_SAMPLE_BYTES].tobytes() for out in outs
+        )
+
+    def pcm(self, pcm: bytes) -> bytes:
+        fmt, layout, rate = self.key
+        frame = av.AudioFrame(
+            format=fmt, layout=layout, samples=len(pcm) // (2 * _LAYOUT_CHANNELS[layout])
+        )
+        frame.planes[0].update(pcm)
+        frame.sample_rate = rate
+        return self._run(frame)
+
+    def frame(self, frame: av.AudioFrame) -> bytes:
+        return self._run(frame)
+
+    def flush(self) -> bytes:
+        return self._run(None)
+
+
+_Resampler = _Swr | _PyAVResampler
+
+
+def _resampler(key: _Key) -> _Resampler:
+    lib = _SWR
+    if lib is not None:
+        try:
+            return _Swr(lib, key)
+        except _SwrError:  # a layout or format libswresample does not parse by name
+            pass
+    return _PyAVResampler(key)
+
+
+# ---------------------------------------------------------------- precise wake-ups (Linux)
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [
+        ("interval_sec", ctypes.c_long),
+        ("interval_nsec", ctypes.c_long),
+        ("value_sec", ctypes.c_long),
+        ("value_nsec", ctypes.c_long),
+    ]
+
+
+_CLOCK_MONOTONIC: Final = 1
+_TFD_TIMER_ABSTIME: Final = 1
+
+
+class _TimerfdApi:
+    """``timerfd_create`` / ``timerfd_settime``: the os module's (3.13+) or libc's."""
+
+    def __init__(self) -> None:
+        self._os_create: Any = getattr(os, "timerfd_create", None)
+        self._os_settime: Any = getattr(os, "timerfd_settime_ns", None)
+        if self._os_create is None or self._os_settime is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            self._create = libc.timerfd_create
+            self._create.restype = ctypes.c_int
+            self._create.argtypes = [ctypes.c_int, ctypes.c_int]
+            self._settime = libc.timerfd_settime
+            self._settime.restype = ctypes.c_int
+            self._settime.argtypes = [
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.POINTER(_Itimerspec),
+                ctypes.POINTER(_Itimerspec),
+            ]
+
+    def create(self) -> int:
+        flags = os.O_NONBLOCK | os.O_CLOEXEC  # == TFD_NONBLOCK | TFD_CLOEXEC
+        if self._os_create is not None:
+            return int(self._os_create(time.CLOCK_MONOTONIC, flags=flags))
+        fd = int(self._create(_CLOCK_MONOTONIC, flags))
+        if fd < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+        return fd
+
+    def arm(self, fd: int, spec: _Itimerspec, due_ns: int) -> None:
+        """Fire once at ``due_ns`` on CLOCK_MONOTONIC (at once if that has passed)."""
+        if self._os_settime is not None:
+            self._os_settime(fd, flags=_TFD_TIMER_ABSTIME, initial=due_ns)
+            return
+        spec.value_sec, spec.value_nsec = divmod(due_ns, 1_000_000_000)
+        if self._settime(fd, _TFD_TIMER_ABSTIME, spec, None) < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+
+
+def _load_timerfd() -> _TimerfdApi | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    if time.get_clock_info("monotonic").implementation != "clock_gettime(CLOCK_MONOTONIC)":
+        return None
+    try:
+        api = _TimerfdApi()
+        os.close(api.create())
+    except (OSError, AttributeError):
+        return None
+    return api
+
+
+_TIMERFD: _TimerfdApi | None = _load_timerfd()
+"""``None``: no timerfd here; ``recv()`` waits with ``asyncio.sleep`` (tests patch it)."""
+
+
+def _timer_ready(ref: weakref.ref[_PreciseTimer]) -> None:
+    timer = ref()
+    if timer is not None:
+        timer.ready()
+
+
+def _release_timerfd(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Unregister and close ``fd`` on its loop's thread (any thread may collect a timer)."""
+
+    def close() -> None:
+        try:
+            loop.remove_reader(fd)
+        finally:
+            os.close(fd)
+
+    try:
+        loop.call_soon_threadsafe(close)
+    except RuntimeError:  # the loop is closed: nothing watches the fd any more
+        os.close(fd)
+
+
+class _PreciseTimer:
+    """Sleeps until an absolute time of the loop's clock, woken by a timerfd on the loop.
+
+    Only for loops whose ``time()`` is ``time.monotonic()`` (asyncio's own), so the due time can
+    be handed to CLOCK_MONOTONIC as it is.
+    """
+
+    __slots__ = ("__weakref__", "_api", "_due", "_fd", "_finalizer", "_spec", "_waiter", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, api: _TimerfdApi, fd: int) -> None:
+        self.loop = loop
+        self._api = api
+        self._fd = fd
+        self._spec = _Itimerspec()
+        self._due = 0.0
+        self._waiter: asyncio.Future[None] | None = None
+        self._finalizer = weakref.finalize(self, _release_timerfd, loop, fd)
+        self._finalizer.atexit = False
+
+    @classmethod
+    def open(cls, loop: asyncio.AbstractEventLoop) -> _PreciseTimer | None:
+        api = _TIMERFD
+        if api is None or type(loop).time is not asyncio.BaseEventLoop.time:
+            return None
+        try:
+            fd = api.create()
+        except OSError:
+            return None
+        timer = cls(loop, api, fd)
+        try:
+            loop.add_reader(fd, _timer_ready, weakref.ref(timer))
+        except (NotImplementedError, RuntimeError, ValueError, OSError):
+            timer._finalizer.detach()
+            os.close(fd)
+            return None
+        return timer
+
+    async def sleep_until(self, due: float) -> None:
+        waiter = self._waiter = self.loop.create_future()
+        self._due = due
+        self._api.arm(self._fd, self._spec, math.ceil(due * 1e9) + 1)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def ready(self) -> None:
+        with contextlib.suppress(OSError):  # nothing to read: a stale wake-up
+            os.read(self._fd, 8)
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self.loop.time() < self._due:  # float rounding: not quite due yet
+            self._api.arm(self._fd, self._spec, math.ceil(self._due * 1e9) + 1)
+            return
+        waiter.set_result(None)
+
+    def close(self) -> None:
+        """Unregister and close the fd (on the loop's thread); idempotent."""
+        if self._finalizer.detach() is not None:
+            try:
+                self.loop.remove_reader(self._fd)
+            finally:
+                os.close(self._fd)
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+
+# ---------------------------------------------------------------- queues
 
 
 class _ByteQueue:
     """A FIFO of bytes kept as the chunks that were appended: no compaction copies."""
 
-    __slots__ = ("_chunks", "_head", "_size")
+    __slots__ = ("_chunks", "_head", "size")
 
     def __init__(self) -> None:
-        self._chunks: deque[memoryview] = deque()
+        self._chunks: deque[bytes] = deque()
         self._head = 0  # bytes of _chunks[0] already taken
-        self._size = 0
+        self.size = 0
 
     def __len__(self) -> int:
-        return self._size
+        return self.size
 
-    def append(self, data: bytes | memoryview) -> None:
+    def append(self, data: bytes) -> None:
         if data:
-            self._chunks.append(memoryview(data))
-            self._size += len(data)
+            self._chunks.append(data)
+            self.size += len(data)
 
     def take(self, n: int) -> bytes:
         """Remove and return the first ``min(n, len(self))`` bytes."""
-        n = min(n, self._size)
+        n = min(n, self.size)
         if n <= 0:
             return b""
-        self._size -= n
+        self.size -= n
         chunks = self._chunks
         head = chunks[0]
         start = self._head
         end = start + n
         if end < len(head):
             self._head = end
-            return head[start:end].tobytes()
+            return head[start:end]
         if end == len(head):
             chunks.popleft()
             self._head = 0
-            return head[start:].tobytes()
-        parts = [head[start:]]
+            return head[start:] if start else head
+        parts = [memoryview(head)[start:]]
         chunks.popleft()
         n -= len(head) - start
         while n and n >= len(chunks[0]):
             chunk = chunks.popleft()
-            parts.append(chunk)
+            parts.append(memoryview(chunk))
             n -= len(chunk)
         if n:
-            parts.append(chunks[0][:n])
+            parts.append(memoryview(chunks[0])[:n])
         self._head = n
         return b"".join(parts)
 
     def clear(self) -> None:
         self._chunks.clear()
         self._head = 0
-        self._size = 0
+        self.size = 0
 
 
 class _Pending:
@@ -149,10 +558,13 @@ class _Pending:
 
     __slots__ = ("pcm", "pos", "to_out")
 
-    def __init__(self, pcm: memoryview, *, to_out: bool) -> None:
+    def __init__(self, pcm: bytes, *, to_out: bool) -> None:
         self.pcm = pcm
         self.pos = 0
         self.to_out = to_out
+
+
+# ---------------------------------------------------------------- the track
 
 
 class AudioSource(MediaStreamTrack):
@@ -174,7 +586,7 @@ class AudioSource(MediaStreamTrack):
     All methods must be called on the asyncio loop that consumes the track (aiortc's loop). Under
     trio, ``push``, ``end`` and ``stop`` called from the trio thread are forwarded (in call order)
     to the aiortc bridge thread, where the track's state lives (see ``adapters/bridge.py``).
-    ``_clock`` / ``_sleep`` replace the loop's ``time()`` and ``asyncio.sleep`` (tests only).
+    ``_clock`` / ``_sleep`` replace the loop's ``time()`` and its sleep (tests only).
     """
 
     kind = "audio"
@@ -220,16 +632,20 @@ class AudioSource(MediaStreamTrack):
         self._in_sample_bytes = 2 * _LAYOUT_CHANNELS[input_layout]
         self._in_bytes_per_second = input_rate * self._in_sample_bytes
         self._in_key: _Key = ("s16", input_layout, input_rate)
+        self._passthrough = self._in_key == _PASSTHROUGH
+        # recv() may take frames straight from libswresample (bytes input that needs it).
+        self._direct_ok = not self._passthrough and _SWR is not None
         self._max_buffered = float(max_buffered_seconds)
-        self._low_water = self._max_buffered - min(_HYSTERESIS_SECONDS, self._max_buffered / 2)
+        # (+1 µs: the buffered figure is a sum of three float terms)
+        self._low_water = (
+            self._max_buffered - min(_HYSTERESIS_SECONDS, self._max_buffered / 2) + 1e-6
+        )
         self._convert_bytes = int(_CONVERT_SECONDS * input_rate) * self._in_sample_bytes
 
         self._in = _ByteQueue()  # input PCM (whole samples), not yet resampled
         self._carry = b""  # a trailing partial input sample, completed by the next push
         self._out = _ByteQueue()  # 48 kHz stereo s16, ready to send
-        self._resampler: av.AudioResampler | None = None
-        self._resampler_key: _Key | None = None
-        self._upmix_here = False  # the resampler outputs mono: duplicate it to stereo
+        self._resampler: _Resampler | None = None  # holds audio between _out and _in
 
         # One push() at a time keeps audio in order. (Not ``_lock``: pyee's emitter owns that.)
         self._push_lock = asyncio.Lock()
@@ -241,7 +657,8 @@ class AudioSource(MediaStreamTrack):
         self._underrun = False
 
         self._clock = _clock
-        self._sleep: Callable[[float], Awaitable[None]] = _sleep or asyncio.sleep
+        self._sleep = _sleep  # None: the loop's (a timerfd where there is one)
+        self._timer: _PreciseTimer | None = None
         self._start: float | None = None
         self._next_index = 0
 
@@ -250,7 +667,12 @@ class AudioSource(MediaStreamTrack):
     @property
     def buffered_seconds(self) -> float:
         """Seconds of audio queued and not yet returned by ``recv()``."""
-        return len(self._out) / _OUT_BYTES_PER_SECOND + len(self._in) / self._in_bytes_per_second
+        resampler = self._resampler
+        return (
+            self._out.size / _OUT_BYTES_PER_SECOND
+            + self._in.size / self._in_bytes_per_second
+            + (resampler.pending / OUTPUT_RATE if resampler is not None else 0.0)
+        )
 
     async def push(self, data: bytes | bytearray | memoryview | av.AudioFrame) -> None:
         """Queue audio; suspends while the queue is full (``max_buffered_seconds``).
@@ -264,18 +686,32 @@ class AudioSource(MediaStreamTrack):
             from metered_realtime.adapters.bridge import run_on_aiortc
 
             return await run_on_aiortc(self.push, data)
-        if self._stopped:
-            raise RuntimeError("AudioSource has stopped: push() is no longer accepted")
         if self._ended:
+            if self._stopped:
+                raise RuntimeError("AudioSource has stopped: push() is no longer accepted")
             raise RuntimeError("AudioSource.push() after end(): the source accepts no more audio")
-        if isinstance(data, av.AudioFrame):
+        if type(data) is bytes:
+            size = len(data)
+            # The common case: whole samples, nobody queued ahead, room for all of it.
+            if (
+                not self._pushers
+                and not self._carry
+                and not self._passthrough
+                and not size % self._in_sample_bytes
+                and self.buffered_seconds + size / self._in_bytes_per_second <= self._max_buffered
+            ):
+                self._in.append(data)
+                return
+            if not size:
+                return
+        elif isinstance(data, av.AudioFrame):
             if not data.sample_rate or data.sample_rate <= 0:
                 raise ValueError("the av.AudioFrame has no sample_rate")
         elif isinstance(data, (bytes, bytearray, memoryview)):
             if not data:
                 return
             # Copy what the caller could change while the audio sits in the queue.
-            data = data if isinstance(data, bytes) else memoryview(data).tobytes()
+            data = memoryview(data).tobytes()
         else:
             raise TypeError(
                 f"push() takes s16 PCM bytes or an av.AudioFrame, not {type(data).__name__}"
@@ -332,8 +768,10 @@ class AudioSource(MediaStreamTrack):
             self._out.clear()
             self._carry = b""
             self._resampler = None
-            self._resampler_key = None
             self._room.set()
+            if self._timer is not None:
+                self._timer.close()
+                self._timer = None
         super().stop()
 
     def _prepare(self, data: bytes | av.AudioFrame) -> _Pending:
@@ -343,19 +781,20 @@ class AudioSource(MediaStreamTrack):
                 data = self._carry + data
             whole = len(data) - len(data) % self._in_sample_bytes
             self._carry = data[whole:]
-            if self._in_key != _PASSTHROUGH:
-                return _Pending(memoryview(data)[:whole], to_out=False)
+            pcm = data[:whole] if whole < len(data) else data
+            if not self._passthrough:
+                return _Pending(pcm, to_out=False)
             self._flush_resampler()  # the tail of an earlier frame push goes first
-            return _Pending(memoryview(data)[:whole], to_out=True)
+            return _Pending(pcm, to_out=True)
         # A frame is resampled now, so the PCM queued before it goes first.
-        self._convert(len(self._in))
+        self._convert(self._in.size)
         key: _Key = (data.format.name, data.layout.name, data.sample_rate)
         if key == _PASSTHROUGH:
             self._flush_resampler()
             pcm = memoryview(data.planes[0])[: data.samples * _OUT_SAMPLE_BYTES].tobytes()
         else:
-            pcm = b"".join(self._resampled(data, key))
-        return _Pending(memoryview(pcm), to_out=True)
+            pcm = self._resampler_for(key).frame(data)
+        return _Pending(pcm, to_out=True)
 
     def _fill(self, pending: _Pending) -> int:
         """Queue as much of ``pending`` as fits under the limit; returns the bytes queued."""
@@ -369,7 +808,7 @@ class AudioSource(MediaStreamTrack):
             queue = self._in
         if n <= 0:
             return 0
-        queue.append(pending.pcm[pos : pos + n])
+        queue.append(pending.pcm if n == len(pending.pcm) else pending.pcm[pos : pos + n])
         return n
 
     async def _wait_for_room(self) -> None:
@@ -386,59 +825,30 @@ class AudioSource(MediaStreamTrack):
 
     # ---------------------------------------------------------------- conversion
 
-    def _resampled(self, frame: av.AudioFrame | None, key: _Key | None = None) -> list[bytes]:
-        """48 kHz stereo s16 PCM for ``frame`` (``None``: flush the resampler's delay line)."""
-        if frame is not None and key != self._resampler_key:
-            self._flush_resampler()
-            mono = key is not None and key[1] == "mono"
-            self._upmix_here = mono and not _UPMIX_IN_FFMPEG
-            if mono and _UPMIX_IN_FFMPEG:
-                self._resampler = av.AudioResampler(
-                    format="s16", layout="stereo", rate=OUTPUT_RATE, options=_MONO_UPMIX
-                )
-            else:
-                self._resampler = av.AudioResampler(
-                    format="s16", layout="mono" if mono else "stereo", rate=OUTPUT_RATE
-                )
-            self._resampler_key = key
+    def _resampler_for(self, key: _Key) -> _Resampler:
+        """The resampler for ``key``; a different one is flushed into ``_out`` first."""
         resampler = self._resampler
-        if resampler is None:
-            return []
-        if frame is None:
-            self._resampler = None
-            self._resampler_key = None
-        # Planes may be padded past the last sample: cut each to its samples.
-        if self._upmix_here:
-            return [
-                _mono_to_stereo(memoryview(out.planes[0])[: out.samples * 2].tobytes())
-                for out in resampler.resample(frame)
-            ]
-        return [
-            memoryview(out.planes[0])[: out.samples * _OUT_SAMPLE_BYTES].tobytes()
-            for out in resampler.resample(frame)
-        ]
+        if resampler is None or resampler.key != key:
+            self._flush_resampler()
+            resampler = self._resampler = _resampler(key)
+        return resampler
 
     def _flush_resampler(self) -> None:
-        for pcm in self._resampled(None):
-            self._out.append(pcm)
+        resampler = self._resampler
+        if resampler is not None:
+            self._resampler = None
+            self._out.append(resampler.flush())
 
     def _convert(self, nbytes: int) -> None:
         """Resample the first ``nbytes`` of ``_in`` (whole samples) into ``_out``."""
-        if nbytes <= 0:
-            return
-        frame = av.AudioFrame(
-            format="s16", layout=self._in_layout, samples=nbytes // self._in_sample_bytes
-        )
-        frame.planes[0].update(self._in.take(nbytes))
-        frame.sample_rate = self._in_rate
-        for pcm in self._resampled(frame, self._in_key):
-            self._out.append(pcm)
+        if nbytes > 0:
+            self._out.append(self._resampler_for(self._in_key).pcm(self._in.take(nbytes)))
 
     def _refill(self) -> None:
         """Resample queued input until a whole frame is ready; at the end, flush the resampler."""
-        while len(self._out) < _FRAME_BYTES:
-            if self._in:
-                self._convert(min(len(self._in), self._convert_bytes))
+        while self._out.size < _FRAME_BYTES:
+            if self._in.size:
+                self._convert(min(self._in.size, self._convert_bytes))
             elif self._ended and self._pushers == 0 and self._resampler is not None:
                 self._flush_resampler()
             else:
@@ -446,7 +856,35 @@ class AudioSource(MediaStreamTrack):
 
     def _input_done(self) -> bool:
         """Ended, with no push in progress and nothing left to resample."""
-        return self._ended and self._pushers == 0 and not self._in and self._resampler is None
+        return self._ended and self._pushers == 0 and not self._in.size and self._resampler is None
+
+    def _direct(self, frame: av.AudioFrame) -> bool:
+        """Fill ``frame`` with the next 20 ms: what ``_out`` holds (less than a frame), then
+        straight from libswresample. False if there is not a whole frame (the samples found
+        are back in ``_out``).
+        """
+        out = self._out
+        resampler = self._resampler_for(self._in_key)  # flushes another key's tail into _out
+        if not isinstance(resampler, _Swr):  # _SWR was switched off after construction
+            self._refill()
+        if out.size >= _FRAME_BYTES:
+            frame.planes[0].update(out.take(_FRAME_BYTES))
+            return True
+        if not isinstance(resampler, _Swr):
+            return False
+        address = frame.planes[0].buffer_ptr
+        head = out.size
+        if head:
+            ctypes.memmove(address, out.take(head), head)
+        pcm = b""
+        if resampler.pending < _SWR_LOW_WATER and self._in.size:
+            pcm = self._in.take(self._convert_bytes)
+        want = (_FRAME_BYTES - head) // _OUT_SAMPLE_BYTES
+        got = resampler.into(address + head, want, pcm)
+        if got == want:
+            return True
+        out.append(ctypes.string_at(address, head + got * _OUT_SAMPLE_BYTES))
+        return False
 
     # ---------------------------------------------------------------- consumer side
 
@@ -455,56 +893,83 @@ class AudioSource(MediaStreamTrack):
 
         Raises ``MediaStreamError`` once the source has ended and drained, or was stopped.
         """
-        if self.readyState != "live":
-            raise MediaStreamError
         if self._ended:
+            if self._stopped:
+                raise MediaStreamError
             self._refill()
-            if self._input_done() and not self._out:
+            if self._input_done() and not self._out.size:
                 self._finish()
         clock = self._clock
         if clock is None:
-            clock = self._clock = asyncio.get_running_loop().time
+            loop = asyncio.get_running_loop()
+            clock = self._clock = loop.time
+            if self._sleep is None:
+                self._timer = _PreciseTimer.open(loop)
+        elif self._timer is not None and self._timer.loop is not asyncio.get_running_loop():
+            self._timer.close()  # consumed from another loop now (a source re-used)
+            self._timer = _PreciseTimer.open(asyncio.get_running_loop())
         index = self._next_index
-        if self._start is None:
-            self._start = clock()
-        delay = self._start + index * _FRAME_SECONDS - clock()
-        if delay > 0:
-            await self._sleep(delay)
-            if self.readyState != "live":
+        start = self._start
+        if start is None:
+            start = self._start = clock()
+        due = start + index * _FRAME_SECONDS
+        now = clock()
+        if due > now:
+            sleep = self._sleep
+            if sleep is not None:
+                await sleep(due - now)
+            else:
+                timer = self._timer
+                if timer is not None:
+                    await timer.sleep_until(due)
+                else:
+                    await asyncio.sleep(due - now)
+            if self._stopped:
                 raise MediaStreamError
-        elif delay < -_MAX_LAG_SECONDS:
+        elif now - due > _MAX_LAG_SECONDS:
             # The consumer stalled (a blocked loop, a gap between connections): restart the
             # schedule here rather than bursting out every missed frame at once.
-            self._log.debug("audio source re-anchored its clock", {"late_seconds": -delay})
+            self._log.debug("audio source re-anchored its clock", {"late_seconds": now - due})
             self._start = clock() - index * _FRAME_SECONDS
         self._next_index = index + 1
 
-        out = self._out
-        if len(out) < _FRAME_BYTES:
-            self._refill()
-        if len(out) >= _FRAME_BYTES:
-            payload = out.take(_FRAME_BYTES)
-            if self._underrun:
-                self._underrun = False
-                self._log.debug("audio source recovered from underrun", {"frame": index})
-            if self._waiting_for_room and self.buffered_seconds <= self._low_water:
-                self._room.set()
-        elif self._input_done():
-            if not out:
-                self._finish()
-            payload = out.take(_FRAME_BYTES)  # the last frame, padded with silence
-            payload += bytes(_FRAME_BYTES - len(payload))
-        else:
-            payload = _SILENCE
-            if not self._underrun:
-                self._underrun = True
-                self._log.debug("audio source underrun: sending silence", {"frame": index})
-
         frame = av.AudioFrame(format=_OUT_FORMAT, layout=_OUT_LAYOUT, samples=FRAME_SAMPLES)
-        frame.planes[0].update(payload)
         frame.pts = index * FRAME_SAMPLES
         frame.sample_rate = OUTPUT_RATE
         frame.time_base = _TIME_BASE
+        out = self._out
+        if out.size >= _FRAME_BYTES:
+            frame.planes[0].update(out.take(_FRAME_BYTES))
+        elif self._direct_ok and (
+            self._in.size or (self._resampler is not None and self._resampler.pending > 0)
+        ):
+            if not self._direct(frame):
+                return self._short(frame, index)
+        else:
+            self._refill()
+            if out.size < _FRAME_BYTES:
+                return self._short(frame, index)
+            frame.planes[0].update(out.take(_FRAME_BYTES))
+        if self._underrun:
+            self._underrun = False
+            self._log.debug("audio source recovered from underrun", {"frame": index})
+        if self._waiting_for_room and self.buffered_seconds <= self._low_water:
+            self._room.set()
+        return frame
+
+    def _short(self, frame: av.AudioFrame, index: int) -> av.AudioFrame:
+        """Less than a frame is queued: the last one, padded, at the end; else silence."""
+        out = self._out
+        if self._input_done():
+            if not out.size:
+                self._finish()
+            payload = out.take(_FRAME_BYTES)  # the last frame, padded with silence
+            frame.planes[0].update(payload + bytes(_FRAME_BYTES - len(payload)))
+            return frame
+        frame.planes[0].update(_SILENCE)
+        if not self._underrun:
+            self._underrun = True
+            self._log.debug("audio source underrun: sending silence", {"frame": index})
         return frame
 
     def _finish(self) -> NoReturn:
