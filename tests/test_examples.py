@@ -73,3 +73,27 @@ def test_audio_agent(server: Serve) -> None:
     assert max(levels) > -30  # the human's tone, not silence
     heard = next(line for line in result.stdout.splitlines() if line.startswith("human: heard"))
     assert "440" in heard.split("(")[0]  # the agent's first note arrives at its pitch
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_iot_telemetry(server: Serve, backend: str) -> None:
+    env = {
+        **os.environ,
+        "METERED_URL": f"ws://127.0.0.1:{server.port}",
+        "METERED_BACKEND": backend,
+        "METERED_SENSORS": "6",
+        "METERED_READINGS": "30",
+        "METERED_RATE": "50",
+    }
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "iot_telemetry.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ELSEWHERE,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "180 readings from 6 sensors" in result.stdout
+    assert "every sensor in order: True" in result.stdout
+    assert "up to 6 devices online at once" in result.stdout
