@@ -1,4 +1,4 @@
-"""The ``metered-realtime`` command line: ``serve``, ``token``, ``walkthrough``."""
+"""The ``metered-realtime`` command line: ``serve``, ``demo``, ``token``, ``walkthrough``."""
 
 from __future__ import annotations
 
@@ -85,6 +85,32 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--peer-metadata", metavar="JSON", help="peerMetadata claim (an object)")
     token.add_argument("--metadata", metavar="JSON", help="metadata claim (an object)")
 
+    demo = sub.add_parser(
+        "demo", help="a browser human and a Python agent in one call, on the local server"
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
+    demo.add_argument("--channel", default="demo/room", help="the call's channel (demo/room)")
+    demo.add_argument(
+        "--headless",
+        action="store_true",
+        help="a second Python peer instead of a browser (loopback-only ICE); exits with a summary",
+    )
+    demo.add_argument(
+        "--seconds", type=float, help="stop after this long (default: 8 headless, else Ctrl-C)"
+    )
+    demo.add_argument("--sdk", metavar="PATH", help="the browser SDK's dist/index.mjs")
+    demo.add_argument(
+        "--no-speech", action="store_true", help="tones instead of espeak-ng even if installed"
+    )
+    demo.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="SDK log level (default WARNING)",
+    )
+
     sub.add_parser(
         "walkthrough",
         help="drive the sans-IO core over a blocking socket against a scripted local peer",
@@ -100,12 +126,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "token":
         return _token(args)
+    if args.command == "demo":
+        return _demo(args)
     if args.command == "walkthrough":
         from metered_realtime.walkthrough import main as walkthrough
 
         return walkthrough()
     parser.print_help(sys.stderr)
     return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from metered_realtime.serverconfig import DEV_KEY, is_loopback_host
+
+    if not is_loopback_host(args.host):
+        return _fail(f"the demo serves the development key {DEV_KEY}: loopback hosts only")
+    if not 0 <= args.port <= 65535:
+        return _fail("--port must be within 0-65535")
+    if args.seconds is not None and not 0 < args.seconds <= 86_400:
+        return _fail("--seconds must be within (0, 86400]")
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    from metered_realtime.demo import main as demo
+
+    return demo(args)
 
 
 def _fail(message: str) -> int:
