@@ -1,7 +1,9 @@
 """Media helpers on PyAV and aiortc (installed with the ``webrtc`` extra).
 
 Names load on first use, so ``import metered_realtime.media`` works without the extra; using
-``AudioSource`` or ``iter_frames`` without it raises an ``ImportError`` that names the fix.
+``AudioSource``, ``iter_frames`` or a source helper (``from_file``, ``from_rtsp``,
+``from_camera``, ``from_microphone``, ``screen_share``: see ``sources``) without it raises an
+``ImportError`` that names the fix.
 """
 
 from __future__ import annotations
@@ -14,12 +16,40 @@ from metered_realtime.media.stream import MediaStream, StreamMetadata
 if TYPE_CHECKING:
     from metered_realtime.media.audio import AudioSource
     from metered_realtime.media.frames import iter_frames
+    from metered_realtime.media.sources import (
+        MediaSourceError,
+        from_camera,
+        from_file,
+        from_microphone,
+        from_rtsp,
+        screen_share,
+    )
 
-__all__ = ["AudioSource", "MediaStream", "StreamMetadata", "iter_frames"]
+__all__ = [
+    "AudioSource",
+    "MediaSourceError",
+    "MediaStream",
+    "StreamMetadata",
+    "from_camera",
+    "from_file",
+    "from_microphone",
+    "from_rtsp",
+    "iter_frames",
+    "screen_share",
+]
 
+_SOURCES = [
+    "MediaSourceError",
+    "from_camera",
+    "from_file",
+    "from_microphone",
+    "from_rtsp",
+    "screen_share",
+]
 _LAZY = {
     "AudioSource": "metered_realtime.media.audio",
     "iter_frames": "metered_realtime.media.frames",
+    **dict.fromkeys(_SOURCES, "metered_realtime.media.sources"),
 }
 
 

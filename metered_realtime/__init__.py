@@ -69,6 +69,13 @@ if TYPE_CHECKING:
     from metered_realtime.adapters.signalling import SignallingClient
     from metered_realtime.media.audio import AudioSource
     from metered_realtime.media.frames import iter_frames
+    from metered_realtime.media.sources import (
+        from_camera,
+        from_file,
+        from_microphone,
+        from_rtsp,
+        screen_share,
+    )
 
 __version__ = "0.1.0"
 
@@ -91,6 +98,7 @@ _PEER_EVENTS = [
     "StreamRemoved",
     "Track",
 ]
+_MEDIA_SOURCES = ["from_camera", "from_file", "from_microphone", "from_rtsp", "screen_share"]
 _LAZY = {
     "Logger": "metered_realtime.adapters.log",
     "StdlibLogger": "metered_realtime.adapters.log",
@@ -100,9 +108,17 @@ _LAZY = {
     "DataChannel": "metered_realtime.adapters.datachannel",
     "AudioSource": "metered_realtime.media.audio",
     "iter_frames": "metered_realtime.media.frames",
+    **dict.fromkeys(_MEDIA_SOURCES, "metered_realtime.media.sources"),
     **dict.fromkeys(_PEER_EVENTS, "metered_realtime.adapters.peer_events"),
 }
-_NEEDS_WEBRTC = {"MeteredPeer", "RemotePeer", "DataChannel", "AudioSource", "iter_frames"}
+_NEEDS_WEBRTC = {
+    "MeteredPeer",
+    "RemotePeer",
+    "DataChannel",
+    "AudioSource",
+    "iter_frames",
+    *_MEDIA_SOURCES,
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -180,6 +196,11 @@ __all__ = [
     "TokenProviderError",
     "Track",
     "WsCloseCode",
+    "from_camera",
+    "from_file",
+    "from_microphone",
+    "from_rtsp",
     "iter_frames",
+    "screen_share",
     "__version__",
 ]
