@@ -121,7 +121,18 @@ def test_media_package_exports() -> None:
     from metered_realtime.media.audio import AudioSource
     from metered_realtime.media.frames import iter_frames
 
-    assert set(media.__all__) == {"AudioSource", "MediaStream", "StreamMetadata", "iter_frames"}
+    assert set(media.__all__) == {
+        "AudioSource",
+        "MediaSourceError",
+        "MediaStream",
+        "StreamMetadata",
+        "from_camera",
+        "from_file",
+        "from_microphone",
+        "from_rtsp",
+        "iter_frames",
+        "screen_share",
+    }
     assert media.AudioSource is AudioSource
     assert media.iter_frames is iter_frames
     assert "AudioSource" in dir(media)
