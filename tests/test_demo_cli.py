@@ -42,6 +42,14 @@ def test_headless_demo_exits_0_with_a_summary() -> None:
     assert "pk_dev_local" not in result.stderr  # the key is only printed where meant
 
 
+def test_interactive_demo_prints_the_url_and_stops_after_seconds() -> None:
+    result = run_cli("demo", "--seconds", "2", "--sdk", str(SDK), "--no-speech")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "/demo in a browser" in result.stdout
+    assert "open http://127.0.0.1:" in result.stdout
+    assert result.stdout.rstrip().endswith("demo: stopped")
+
+
 def test_missing_sdk_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     import metered_realtime.demo
     from metered_realtime.cli import main
