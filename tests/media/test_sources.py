@@ -52,7 +52,7 @@ HERE = Path(__file__).parent
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_PACKAGES = (
     "python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
-    "gstreamer1.0-plugins-ugly gstreamer1.0-rtsp"
+    "gstreamer1.0-plugins-ugly"
 )
 RTSP_LAUNCH = (
     "( audiotestsrc is-live=true wave=sine freq=1000 volume=0.5 ! audioconvert ! audioresample"
