@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine.
-#   bash scripts/setup.sh         the tests: Debian's Chromium (browser tests), the official JS
-#                                 SDK from npm (web/), a venv with the project + dev/webrtc extras
+#   bash scripts/setup.sh         the tests: Debian's Chromium (browser tests) and GStreamer RTSP
+#                                 server (media tests), the official JS SDK from npm (web/), a
+#                                 venv with the project + dev/webrtc extras
 #   bash scripts/setup.sh demo    the demo only: npm + the JS SDK, a venv with the webrtc extra
 #   VENV=.venv (default)   where the venv goes
 #   INSTALL=editable|plain  pip install -e (default) or a regular install (CI)
@@ -24,6 +25,10 @@ command -v npm >/dev/null 2>&1 || need_apt nodejs npm
 $PY -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt python3-venv
 if [ "$PROFILE" = test ]; then
   command -v chromium >/dev/null 2>&1 || need_apt chromium
+  # GStreamer's RTSP server, its Python bindings and the elements of the test stream: the
+  # from_rtsp tests serve a tone and a test pattern on 127.0.0.1 under /usr/bin/python3.
+  need_apt python3-gi gir1.2-gst-rtsp-server-1.0 \
+    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
 fi
 if [ ${#APT[@]} -gt 0 ]; then
   echo "setup: apt-get install ${APT[*]}"

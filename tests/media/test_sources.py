@@ -562,10 +562,10 @@ def rtsp_server() -> Iterator[RtspServer]:
         if selector.select(timeout=20.0):
             line = proc.stdout.readline().strip()
     try:
+        if line.startswith("MISSING "):
+            pytest.fail(f"the RTSP test server cannot run: {line}")
         if not line.startswith("READY "):
-            rest = ""
-            if proc.poll() is not None:
-                rest = proc.stdout.read()
+            rest = proc.stdout.read() if proc.poll() is not None else ""
             pytest.fail(
                 f"the RTSP test server did not start ({line or 'no output in 20 s'} {rest}); "
                 f"it needs: apt-get install {RTSP_PACKAGES} (scripts/setup.sh does)"
