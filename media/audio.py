@@ -656,6 +656,15 @@ class AudioSource(MediaStreamTrack):
         self._stopped = False  # stop() was called: queued audio is discarded
         self._underrun = False
 
+        # Bytes pushed from a trio thread (see _push_from_trio): appended there, taken by the
+        # loop (recv() or a forwarded push). deque appends and pops are atomic; each counter
+        # has a single writer.
+        self._inbox: deque[bytes] = deque()
+        self._inbox_in = 0  # bytes appended (trio thread)
+        self._inbox_out = 0  # bytes taken (loop thread)
+        self._trio_closed = ""  # "end" or "stop": called on the trio thread
+        self._trio_forwarded = 0  # pushes forwarded to the loop and not finished (trio thread)
+
         self._clock = _clock
         self._sleep = _sleep  # None: the loop's (a timerfd where there is one)
         self._timer: _PreciseTimer | None = None
@@ -670,7 +679,7 @@ class AudioSource(MediaStreamTrack):
         resampler = self._resampler
         return (
             self._out.size / _OUT_BYTES_PER_SECOND
-            + self._in.size / self._in_bytes_per_second
+            + (self._in.size + self._inbox_in - self._inbox_out) / self._in_bytes_per_second
             + (resampler.pending / OUTPUT_RATE if resampler is not None else 0.0)
         )
 
@@ -683,9 +692,9 @@ class AudioSource(MediaStreamTrack):
         cancelled while suspended, a prefix of its audio may already be queued.
         """
         if in_trio_thread():
-            from metered_realtime.adapters.bridge import run_on_aiortc
-
-            return await run_on_aiortc(self.push, data)
+            return await self._push_from_trio(data)
+        if self._inbox:
+            self._drain_inbox()  # pushed from trio before this call (forwarded here)
         if self._ended:
             if self._stopped:
                 raise RuntimeError("AudioSource has stopped: push() is no longer accepted")
@@ -742,6 +751,7 @@ class AudioSource(MediaStreamTrack):
         if in_trio_thread():
             from metered_realtime.adapters.bridge import call_soon_on_aiortc
 
+            self._trio_closed = self._trio_closed or "end"
             call_soon_on_aiortc(self.end)
             return
         if not self._ended:
@@ -759,11 +769,14 @@ class AudioSource(MediaStreamTrack):
         if in_trio_thread():
             from metered_realtime.adapters.bridge import call_soon_on_aiortc
 
+            self._trio_closed = "stop"
             call_soon_on_aiortc(self.stop)
             return
         if not self._stopped:
             self._ended = True
             self._stopped = True
+            while self._inbox:
+                self._inbox_out += len(self._inbox.popleft())
             self._in.clear()
             self._out.clear()
             self._carry = b""
@@ -773,6 +786,46 @@ class AudioSource(MediaStreamTrack):
                 self._timer.close()
                 self._timer = None
         super().stop()
+
+    async def _push_from_trio(self, data: bytes | bytearray | memoryview | av.AudioFrame) -> None:
+        """``push`` on a trio thread. Bytes that fit are left in ``_inbox`` for the loop, which
+        takes them at its next ``recv()`` or push: no thread hop, no wake-up of the loop (it
+        wakes every 20 ms anyway). Frames, and bytes that must wait for room, are forwarded:
+        awaited on the loop, after the inbox. The limit is checked against the loop's figures
+        read from here, so it may be overshot by what the loop is moving at that instant."""
+        import trio
+
+        if self._stopped or self._trio_closed == "stop":
+            raise RuntimeError("AudioSource has stopped: push() is no longer accepted")
+        if self._trio_closed:
+            raise RuntimeError("AudioSource.push() after end(): the source accepts no more audio")
+        if isinstance(data, (bytes, bytearray, memoryview)) and not self._trio_forwarded:
+            pcm = data if type(data) is bytes else memoryview(data).tobytes()
+            size = len(pcm)
+            if self.buffered_seconds + size / self._in_bytes_per_second <= self._max_buffered:
+                if size:
+                    self._inbox.append(pcm)
+                    self._inbox_in += size
+                await trio.lowlevel.checkpoint()
+                return
+            data = pcm
+        from metered_realtime.adapters.bridge import run_on_aiortc
+
+        self._trio_forwarded += 1
+        try:
+            await run_on_aiortc(self.push, data)
+        finally:
+            self._trio_forwarded -= 1
+
+    def _drain_inbox(self) -> None:
+        """Queue what trio pushed (loop thread; it was checked against the limit there)."""
+        inbox = self._inbox
+        while inbox:
+            pcm = inbox.popleft()
+            if not self._stopped:
+                pending = self._prepare(pcm)
+                (self._out if pending.to_out else self._in).append(pending.pcm)
+            self._inbox_out += len(pcm)  # after queueing: buffered_seconds never under-counts
 
     def _prepare(self, data: bytes | av.AudioFrame) -> _Pending:
         """Whole samples of pushed audio, bound for ``_in`` (PCM) or ``_out`` (48 kHz stereo)."""
@@ -893,6 +946,8 @@ class AudioSource(MediaStreamTrack):
 
         Raises ``MediaStreamError`` once the source has ended and drained, or was stopped.
         """
+        if self._inbox:
+            self._drain_inbox()
         if self._ended:
             if self._stopped:
                 raise MediaStreamError

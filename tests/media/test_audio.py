@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import concurrent.futures
 import fractions
 import gc
 import itertools
@@ -13,7 +14,7 @@ import random
 import struct
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import av
@@ -712,6 +713,121 @@ async def test_stop_during_a_paced_wait_ends_recv() -> None:
     src._sleep = stop_while_sleeping
     with pytest.raises(MediaStreamError):
         await src.recv()
+
+
+# ---------------------------------------------------------------- pushes from trio
+
+
+def _on_trio(body: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``body(bridge)`` in a trio run holding a lease on the aiortc bridge thread."""
+    trio = pytest.importorskip("trio")
+    from metered_realtime.adapters import bridge as bridge_module
+
+    async def main() -> Any:
+        lease = bridge_module.acquire()
+        try:
+            with trio.fail_after(30):
+                return await body(lease)
+        finally:
+            await lease.release()
+
+    return trio.run(main)
+
+
+async def _wait_future(future: concurrent.futures.Future[Any]) -> Any:
+    """Await, from trio, a future of a coroutine running on the bridge loop."""
+    import trio
+
+    return await trio.to_thread.run_sync(future.result, 20)
+
+
+def test_bytes_pushed_from_trio_play_in_order() -> None:
+    """Odd-sized pushes on the trio thread, played on the bridge loop: exactly what the same
+    pushes give on asyncio."""
+    pcm = pack(tone(16_000, 0.5, (1000.0,)))
+    rng = random.Random(5)
+    pieces: list[bytes] = []
+    pos = 0
+    while pos < len(pcm):
+        size = rng.choice((1, 3, 640, 641, 2000))
+        pieces.append(pcm[pos : pos + size])
+        pos += size
+
+    async def reference() -> bytes:
+        src = source(FakeClock())
+        for piece in pieces:
+            await src.push(piece)
+        src.end()
+        return await collect(src)
+
+    expected = asyncio.run(reference())
+
+    async def body(lease: Any) -> bytes:
+        src = source(FakeClock())
+        for piece in pieces:
+            await src.push(bytearray(piece))  # copied on trio
+        assert src.buffered_seconds == pytest.approx(len(pcm) / 32_000)
+        src.end()
+        with pytest.raises(RuntimeError, match="after end"):
+            await src.push(b"\x00\x00")
+        future = asyncio.run_coroutine_threadsafe(collect(src), lease.loop)
+        out: bytes = await _wait_future(future)
+        return out
+
+    assert _on_trio(body) == expected
+
+
+def test_trio_pushes_wait_for_room_and_keep_order_with_frames() -> None:
+    """48 kHz stereo (no resampling, so exact): 1 s from trio into a 0.2 s buffer while the
+    bridge loop consumes, 20 ms at a time, with an av.AudioFrame in the middle."""
+    chunks = [pack([n + 1] * 2 * FRAME) for n in range(50)]  # never zero: silence is visible
+    frame = av.AudioFrame(format="s16", layout="stereo", samples=FRAME)
+    frame.planes[0].update(pack([99] * 2 * FRAME))
+    frame.sample_rate = RATE
+    expected = b"".join(chunks[:25]) + frame_bytes(frame) + b"".join(chunks[25:])
+
+    async def consume(src: AudioSource) -> bytes:
+        sent = bytearray()
+        async for f in iter_frames(src):
+            data = frame_bytes(f)
+            if data != SILENCE:  # underruns while trio catches up
+                sent += data
+        return bytes(sent)
+
+    async def body(lease: Any) -> tuple[bytes, float]:
+        src = source(
+            FakeClock(), input_rate=48_000, input_layout="stereo", max_buffered_seconds=0.2
+        )
+        future = asyncio.run_coroutine_threadsafe(consume(src), lease.loop)
+        most = 0.0
+        for n, chunk in enumerate(chunks):
+            if n == 25:
+                await src.push(frame)
+            await src.push(chunk)
+            most = max(most, src.buffered_seconds)
+        src.end()
+        out: bytes = await _wait_future(future)
+        return out, most
+
+    out, most = _on_trio(body)
+    assert out[: len(expected)] == expected
+    assert not out[len(expected) :].strip(b"\x00")  # the last frame's padding
+    assert most <= 0.2 + 0.04  # a soft bound on trio: what the loop moves meanwhile
+
+
+def test_push_from_trio_after_stop_raises() -> None:
+    async def body(lease: Any) -> None:
+        src = source(FakeClock())
+        await src.push(b"\x00\x01" * 320)
+        src.stop()
+        with pytest.raises(RuntimeError, match="stopped"):
+            await src.push(b"\x00\x01" * 320)
+        future = asyncio.run_coroutine_threadsafe(src.recv(), lease.loop)
+        with pytest.raises(MediaStreamError):
+            await _wait_future(future)
+        assert src.buffered_seconds == 0
+
+    _on_trio(body)
 
 
 # ---------------------------------------------------------------- errors
