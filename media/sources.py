@@ -18,17 +18,18 @@ How it runs
     thread or loop afterwards.
 
     Decoding runs in one daemon thread per source (``metered-realtime-media``), started by the
-    first ``recv()`` of either track for a file, at open for a live input. Audio comes out as 20 ms frames of 48 kHz stereo s16 (what
-    aiortc's Opus encoder takes); video as decoded ``av.VideoFrame``\\s with timestamps starting
+    first ``recv()`` of either track for a file, at open for a live input. Audio comes out as
+    20 ms frames of 48 kHz stereo s16 (what aiortc's Opus encoder takes; mono is copied to both
+    channels at its own level); video as decoded ``av.VideoFrame``\\s with timestamps starting
     at 0. The tracks are aiortc's own ``PlayerStreamTrack`` fed by this module's decoder, so they
     work under asyncio and under trio (where aiortc, and so ``recv()``, runs on the SDK's aiortc
     bridge thread), and nothing in them is bound to an event loop when they are built.
 
     - A file (and an FFmpeg ``lavfi`` source) plays in real time from the first ``recv()``: the
       decoder reads at most 0.5 s ahead and each track returns a frame when it is due. A track
-      that is not consumed keeps only its newest frames; one that falls more than about 2 s
-      behind loses its oldest. At the end of the input the tracks end (``recv()`` raises
-      ``MediaStreamError``).
+      not read yet keeps only its newest few frames; one whose reader stops or falls more than
+      about 1 s behind loses its oldest (the file keeps playing: stop the source when done).
+      At the end of the input the tracks end (``recv()`` raises ``MediaStreamError``).
     - A live input (RTSP, cameras, microphones, the screen) is read from the moment it opens and
       delivered as it arrives; each track keeps at most ~200 ms of audio / 3 video frames (less
       before its first ``recv()``), so a backlog (what FFmpeg buffered while opening, a consumer
@@ -121,7 +122,7 @@ _AUDIO_RATE: Final = 48_000
 _AUDIO_SAMPLES: Final = 960  # 20 ms
 _AUDIO_TIME_BASE: Final = fractions.Fraction(1, _AUDIO_RATE)
 _LEAD: Final = 0.5  # a paced input is decoded at most this far ahead of real time
-_PACED_SECONDS: Final = 2.0  # a paced track queues this much before dropping its oldest frames
+_PACED_SECONDS: Final = 1.0  # a paced track queues this much before dropping its oldest frames
 _LIVE_AUDIO_FRAMES: Final = 10  # 200 ms
 _LIVE_VIDEO_FRAMES: Final = 3
 _IDLE_FRAMES: Final = {"audio": 5, "video": 2}  # kept for a track nobody has read yet
@@ -642,20 +643,26 @@ class _Decoder:
                 self._quit.wait(ahead)
 
     def _resample(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
-        if self._resampler is None:
-            if frame.layout.name == "mono" and _UPMIX_IN_FFMPEG:  # mono at its level, both sides
-                self._resampler = av.AudioResampler(
-                    format="s16",
-                    layout="stereo",
-                    rate=_AUDIO_RATE,
-                    frame_size=_AUDIO_SAMPLES,
-                    options=_MONO_UPMIX,
-                )
-            else:
-                self._resampler = av.AudioResampler(
-                    format="s16", layout="stereo", rate=_AUDIO_RATE, frame_size=_AUDIO_SAMPLES
-                )
-        return self._resampler.resample(frame)
+        """48 kHz stereo s16 frames of 20 ms; a new resampler when the input format changes."""
+        out: list[av.AudioFrame] = []
+        if self._resampler is not None:
+            try:
+                return self._resampler.resample(frame)
+            except ValueError:  # the input's format, layout or rate changed mid-stream
+                out = [_padded(f) for f in self._resampler.resample(None)]
+        if len(frame.layout.channels) == 1 and _UPMIX_IN_FFMPEG:  # as AudioSource: mono at
+            self._resampler = av.AudioResampler(  # unity on both sides, not -3 dB
+                format="s16",
+                layout="stereo",
+                rate=_AUDIO_RATE,
+                frame_size=_AUDIO_SAMPLES,
+                options=_MONO_UPMIX,
+            )
+        else:
+            self._resampler = av.AudioResampler(
+                format="s16", layout="stereo", rate=_AUDIO_RATE, frame_size=_AUDIO_SAMPLES
+            )
+        return out + self._resampler.resample(frame)
 
     def _stamp(self, frame: av.AudioFrame) -> av.AudioFrame:
         frame.pts = self._samples
@@ -1002,6 +1009,7 @@ def from_rtsp(
         raise _error(
             "refused_protocol", f"from_rtsp takes rtsp:// or rtsps:// URLs, not {_redact(url)!r}"
         )
+    url = scheme + url[len(scheme) :]  # FFmpeg matches the scheme case-sensitively
     describe = _redact(url)
     try:
         parts = urllib.parse.urlsplit(url)

@@ -269,6 +269,12 @@ async def test_wav_plays_its_tone_and_has_no_video(tmp_path: Path) -> None:
     assert_audio_format(frames)
     assert frames[0].pts == 0
     assert_tone(frames[5:], 1000.0)
+    # Mono is copied to both channels at its own level (lavfi's sine peaks at 1/8 of full scale).
+    pcm = array.array("h", b"".join(bytes(f.planes[0])[: 960 * 4] for f in frames[5:]))
+    if sys.byteorder == "big":
+        pcm.byteswap()
+    assert abs(max(pcm[0::2]) - 4096) < 100
+    assert pcm[0::2] == pcm[1::2]
     source.stop()
     await no_decoder_threads()
 
@@ -600,7 +606,7 @@ def error_texts(exc: BaseException) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("transport", ["tcp", "udp"])
+@pytest.mark.parametrize("transport", ["tcp", "udp", "http"])
 async def test_rtsp_audio_and_video(
     rtsp_server: RtspServer, transport: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -615,7 +621,7 @@ async def test_rtsp_audio_and_video(
         assert source.audio is not None
         assert source.video is not None
         assert RTSP_SECRET not in repr(source)
-        audio = await take(source.audio, 40)
+        audio = await take(source.audio, 30)
         video = await take(source.video, 3)
         assert_audio_format(audio, contiguous=False)  # live: a late reader loses frames
         run = longest_run(audio[5:])
@@ -682,6 +688,27 @@ def socket_closed_port() -> Iterator[int]:
         yield sock.getsockname()[1]
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("transport", sorted(sources_module.TRANSPORTS))
+def test_rtsp_transports_reach_ffmpeg_as_given(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_open(target: str, **kwargs: Any) -> None:
+        seen.update(kwargs, target=target)
+        raise av.error.ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(av, "open", fake_open)
+    with pytest.raises(MediaSourceError) as caught:
+        from_rtsp("RTSP://127.0.0.1:8554/cam", transport=transport, options={"max_delay": "0"})
+    assert caught.value.code == "open_failed"
+    assert seen["target"] == "rtsp://127.0.0.1:8554/cam"
+    assert seen["format"] == "rtsp"
+    assert seen["container_options"]["rtsp_transport"] == transport
+    assert "file" not in seen["container_options"]["protocol_whitelist"].split(",")
+    assert seen["options"] == {"fflags": "+nobuffer", "max_delay": "0"}
 
 
 @pytest.mark.parametrize("transport", ["TCP", "tcp+udp", "https", "udp ", "", "multicast", None])
@@ -899,6 +926,22 @@ def test_frame_queue_wakes_a_waiter_from_another_thread() -> None:
         assert await queue.get() is None  # the end marker stays
 
     asyncio.run(main())
+
+
+def test_audio_format_changes_mid_stream_keep_48k_stereo() -> None:
+    with from_microphone("sine=frequency=440:sample_rate=48000", format="lavfi") as mic:
+        decoder = mic._decoder
+        out: list[av.AudioFrame] = []
+        for rate, layout in ((44_100, "mono"), (16_000, "stereo"), (48_000, "mono")):
+            frame = av.AudioFrame(format="s16", layout=layout, samples=rate // 10)  # 100 ms
+            for plane in frame.planes:
+                plane.update(bytes(plane.buffer_size))
+            frame.sample_rate = rate
+            out += decoder._resample(frame)
+    assert len(out) >= 12  # ~300 ms in 20 ms frames, less the resampler's delay
+    for frame in out:
+        assert (frame.format.name, frame.layout.name, frame.sample_rate) == ("s16", "stereo", RATE)
+        assert frame.samples == 960
 
 
 def test_exports() -> None:
