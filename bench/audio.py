@@ -159,7 +159,7 @@ async def _time_baseline(frames: int) -> float:
 
 async def _time_scenario(sc: Scenario, frames: int) -> tuple[float, float, float]:
     """µs per frame: total, push part, recv part (the parts only for the ahead pattern)."""
-    saved = audio_module._SWR
+    saved = getattr(audio_module, "_SWR", None)
     if sc.fallback:
         audio_module._SWR = None
     try:
@@ -237,8 +237,8 @@ def part_cpu(args: argparse.Namespace) -> dict[str, float]:
     frames = args.frames
     print(f"\n== Part 1: CPU per 20 ms frame (fake clock, {frames} frames x {args.reps} reps)")
     print(
-        f"   libswresample called directly: {audio_module._SWR is not None}; "
-        f"precise timer: {audio_module._TIMERFD is not None}"
+        f"   libswresample called directly: {getattr(audio_module, '_SWR', None) is not None}; "
+        f"precise timer: {getattr(audio_module, '_TIMERFD', None) is not None}"
     )
     baselines: list[float] = []
     results: dict[str, list[tuple[float, float, float]]] = {sc.name: [] for sc in SCENARIOS}
@@ -513,8 +513,8 @@ def part_rt(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         f"(one chunk ahead); consumer: recv + audio level{' + Opus in executor' if encode else ''}"
     )
     print(
-        f"   precise timer (timerfd): {audio_module._TIMERFD is not None}; "
-        f"libswresample direct: {audio_module._SWR is not None}"
+        f"   precise timer (timerfd): {getattr(audio_module, '_TIMERFD', None) is not None}; "
+        f"libswresample direct: {getattr(audio_module, '_SWR', None) is not None}"
     )
     print(
         f"   {'row':<16} {'p50':>6} {'p99':>6} {'max':>7} {'drift':>8} {'vs raw':>8} {'re-a':>4}"

@@ -454,7 +454,16 @@ needs_swr = pytest.mark.skipif(
 @pytest.mark.parametrize("in_step", [True, False], ids=["in_step", "ahead"])
 @pytest.mark.parametrize(
     ("rate", "layout"),
-    [(16_000, "mono"), (8_000, "mono"), (24_000, "mono"), (22_050, "mono"), (44_100, "stereo")],
+    [
+        (16_000, "mono"),
+        (8_000, "mono"),
+        (24_000, "mono"),  # resampled as mono, then upmixed by a second context
+        (22_050, "mono"),
+        (44_100, "mono"),
+        (96_000, "mono"),
+        (48_000, "mono"),  # no resampling: the upmix alone
+        (44_100, "stereo"),
+    ],
 )
 async def test_direct_libswresample_matches_pyav_sample_for_sample(
     monkeypatch: pytest.MonkeyPatch, rate: int, layout: str, in_step: bool
