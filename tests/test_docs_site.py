@@ -160,3 +160,60 @@ def test_every_docs_page_is_in_the_nav() -> None:
     pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
     orphans = sorted(pages - set(nav))
     assert not orphans, f"pages under docs/ not reachable from the nav: {orphans}"
+
+
+# The runnable snippets of the pages written for the site: every python block that talks to
+# ws://127.0.0.1:8787 and starts its own event loop runs, as a user would run it, against one
+# server that accepts the development key and the guides' signing secret.
+SNIPPET_PAGES = ["index.md", "guides/auth.md", "guides/ai-agent.md", "guides/iot.md",
+                 "guides/trio.md"]  # fmt: skip
+EXPECTED = {
+    "index.md": ["demo/lobby {'text': 'hello'} True", "alice, over the data channel: bob got"],
+    "guides/auth.md": ["ada {'displayName': 'Ada'} hi", "closed 4002 True", "connected"],
+    "guides/ai-agent.md": [],
+    "guides/iot.md": ["{0: [0, 1, 2, 3, 4], 1: [0, 1, 2, 3, 4], 2: [0, 1, 2, 3, 4]}"],
+    "guides/trio.md": ["hi from trio", "agent got HELLO FROM TRIO", "human hears 960 samples"],
+}
+
+
+def _runnable(page: str) -> list[str]:
+    text = (DOCS / page).read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    return [b for b in blocks if "ws://127.0.0.1:8787" in b and re.search(r"\.run\(main", b)]
+
+
+@pytest.fixture(scope="module")
+def guide_server() -> Any:
+    from tests.serve import Serve
+
+    server = Serve("--key", "pk_dev_local", "--secret", "sk_id_local=dev-only-signing-secret")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("page", SNIPPET_PAGES)
+def test_page_snippets_run_against_a_server(page: str, guide_server: Any, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.serve import ELSEWHERE
+
+    blocks = _runnable(page)
+    assert blocks, f"{page} has no runnable snippet"
+    output = ""
+    for i, block in enumerate(blocks):
+        code = block.replace("ws://127.0.0.1:8787", f"ws://127.0.0.1:{guide_server.port}")
+        code = code.replace("await asyncio.Event().wait()", "await asyncio.sleep(1)")
+        script = tmp_path / f"snippet_{i}.py"
+        script.write_text(code, encoding="utf-8")
+        result = subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ELSEWHERE,
+        )
+        assert result.returncode == 0, f"{page} snippet {i}:\n{result.stderr}"
+        output += result.stdout
+    for expected in EXPECTED[page]:
+        assert expected in output, f"{page}: {expected!r} not in {output!r}"
