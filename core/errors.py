@@ -161,8 +161,10 @@ class ReconcileTimeoutError(MeteredRealtimeError):
 
 
 class MeteredPeerSendError(MeteredRealtimeError):
-    """A ``MeteredPeer`` call was refused locally: ``reserved_channel``, ``not_joined``,
-    ``invalid_args`` or ``self_send``."""
+    """A ``MeteredPeer`` call was refused locally.
+
+    ``code``: ``reserved_channel``, ``not_joined``, ``invalid_args`` or ``self_send``.
+    """
 
     def __init__(self, code: str, message: str | None = None) -> None:
         super().__init__(message or code.replace("_", " "), code=code)
@@ -180,8 +182,10 @@ class MeteredPeerOversizedError(MeteredRealtimeError, ValueError):
 
 
 class MeteredPeerStateError(MeteredRealtimeError):
-    """A ``MeteredPeer`` method is not allowed now: ``invalid_state`` or
-    ``track_already_attached``."""
+    """A ``MeteredPeer`` method is not allowed in the current state.
+
+    ``code``: ``invalid_state`` or ``track_already_attached``.
+    """
 
     def __init__(self, code: str, method: str, current_state: str) -> None:
         self.method = method

@@ -1,8 +1,9 @@
 """metered-realtime: a sans-IO Python SDK for Metered Realtime Messaging.
 
-Public names are exported here as their layer lands; see ``docs/`` for the roadmap. The core
-(``metered_realtime.core``) is importable on its own and never does I/O; the runtime classes
-(``SignallingClient``…) load on first use, so ``import metered_realtime`` stays light.
+Every public name lives here (``__all__``). The core (``metered_realtime.core``) is importable
+on its own and never does I/O; the runtime classes (``SignallingClient``, ``MeteredPeer``…) and
+the media helpers load on first use, so ``import metered_realtime`` stays light and needs neither
+aiortc nor av (the WebRTC and media names need the ``webrtc`` extra).
 """
 
 from __future__ import annotations
