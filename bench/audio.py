@@ -291,6 +291,7 @@ def part_cpu(args: argparse.Namespace) -> dict[str, float]:
 @dataclass
 class RtResult:
     late: list[float] = field(default_factory=list)  # seconds, per frame
+    loop: list[float] = field(default_factory=list)  # the loop's clock at each return
     raw: list[float] = field(default_factory=list)  # CLOCK_MONOTONIC_RAW at each return
     silent: int = 0
     reanchors: int = 0
@@ -329,6 +330,7 @@ class Consumer:
             frame = await src.recv()
             now = loop.time()
             res.raw.append(time.clock_gettime(raw))
+            res.loop.append(now)
             if src._start != start:
                 if start is not None:
                     res.reanchors += 1
@@ -481,8 +483,8 @@ def _report(name: str, res: RtResult) -> dict[str, float]:
     n = len(res.late)
     head = statistics.median(res.late[10:60])
     tail = statistics.median(res.late[-50:])
-    raw_elapsed = res.raw[-1] - res.raw[10]
-    raw_drift = raw_elapsed - (n - 1 - 10) * 0.02 - (res.late[-1] - res.late[10])
+    # how far the loop's clock (CLOCK_MONOTONIC, NTP-slewed) moved from the hardware's meanwhile
+    raw_drift = (res.loop[-1] - res.loop[10]) - (res.raw[-1] - res.raw[10])
     row = {
         "p50": _pct(late, 0.5) * 1e3,
         "p99": _pct(late, 0.99) * 1e3,

@@ -508,6 +508,9 @@ class _PreciseTimer:
         return timer
 
     async def sleep_until(self, due: float) -> None:
+        if self._waiter is not None:  # two recv() at once (two consumers): the loop's timer
+            await asyncio.sleep(max(0.0, due - self.loop.time()))
+            return
         waiter = self._waiter = self.loop.create_future()
         self._due = due
         self._api.arm(self._fd, self._spec, math.ceil(due * 1e9) + 1)
@@ -1008,21 +1011,27 @@ class AudioSource(MediaStreamTrack):
             self._timer.close()  # consumed from another loop now (a source re-used)
             self._timer = _PreciseTimer.open(asyncio.get_running_loop())
         index = self._next_index
+        self._next_index = index + 1  # taken now: a concurrent recv() gets the next slot
         start = self._start
         if start is None:
             start = self._start = clock()
         due = start + index * _FRAME_SECONDS
         now = clock()
         if due > now:
-            sleep = self._sleep
-            if sleep is not None:
-                await sleep(due - now)
-            else:
-                timer = self._timer
-                if timer is not None:
-                    await timer.sleep_until(due)
+            try:
+                sleep = self._sleep
+                if sleep is not None:
+                    await sleep(due - now)
                 else:
-                    await asyncio.sleep(due - now)
+                    timer = self._timer
+                    if timer is not None:
+                        await timer.sleep_until(due)
+                    else:
+                        await asyncio.sleep(due - now)
+            except BaseException:
+                if self._next_index == index + 1:  # cancelled: the next call sends this slot
+                    self._next_index = index
+                raise
             if self._stopped:
                 raise MediaStreamError
         elif now - due > _MAX_LAG_SECONDS:
@@ -1030,7 +1039,6 @@ class AudioSource(MediaStreamTrack):
             # schedule here rather than bursting out every missed frame at once.
             self._log.debug("audio source re-anchored its clock", {"late_seconds": now - due})
             self._start = clock() - index * _FRAME_SECONDS
-        self._next_index = index + 1
 
         frame = av.AudioFrame(format=_OUT_FORMAT, layout=_OUT_LAYOUT, samples=FRAME_SAMPLES)
         frame.pts = index * FRAME_SAMPLES

@@ -554,6 +554,15 @@ async def test_stop_wakes_a_recv_waiting_on_the_timerfd_and_closes_it() -> None:
     assert not _fd_is_open(fd)
 
 
+async def test_two_consumers_at_once_both_get_frames() -> None:
+    """Not a supported set-up (use a relay), but it must not hang: each gets every other frame."""
+    src = AudioSource()
+    first, second = await asyncio.wait_for(asyncio.gather(src.recv(), src.recv()), 5)
+    third, fourth = await asyncio.wait_for(asyncio.gather(src.recv(), src.recv()), 5)
+    assert sorted(f.pts for f in (first, second, third, fourth)) == [0, 960, 1920, 2880]
+    src.stop()
+
+
 @pytest.mark.skipif(audio_module._TIMERFD is None, reason="no timerfd here")
 async def test_a_cancelled_wait_and_a_dropped_source_leave_nothing_behind() -> None:
     src = AudioSource()
