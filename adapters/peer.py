@@ -22,7 +22,7 @@ import contextlib
 import re
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiortc  # noqa: F401 - the webrtc extra: fail at import, with the facade's hint
 import anyio
@@ -102,6 +102,7 @@ from metered_realtime.core.reconnect import (
     ReconnectOptions,
     close_code_name,
 )
+from metered_realtime.core.sdp import PayloadTypeRegistry, arrange_sections, media_layout
 from metered_realtime.core.validation import (
     IceServerConfig,
     channel_problem,
@@ -169,6 +170,9 @@ class RemotePeer(EventEmitter):
         self._gate = CandidateGate()
         self._meta = TrackMetaStore(max_bytes=owner._max_message_size())
         self._extmap = ExtmapRegistry()
+        self._pts = PayloadTypeRegistry()
+        self._layout: list[tuple[str, str | None]] = []  # m-lines of the last description
+        self._plan: list[tuple[str, str | None]] | None = None  # a rebuilt pc's first offer
         self._recovery = IceRecovery()
         self._recovery_wake = asyncio.Event()
         self._channels: list[DataChannel] = []
@@ -246,7 +250,11 @@ class RemotePeer(EventEmitter):
 
     # --- the connection -----------------------------------------------------------------
 
-    def _new_pc(self) -> Any:
+    def _new_pc(
+        self,
+        layout: list[tuple[str, str | None]] | None = None,
+        old_mids: dict[str, str] | None = None,
+    ) -> Any:
         from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
         servers = [
@@ -276,8 +284,29 @@ class RemotePeer(EventEmitter):
                 )
                 self._emit(DataChannelOpened(channel))
 
+        placed: set[str] = set()
+        if layout:
+            # The remote side keeps the m-lines already negotiated: recreate them in order
+            # (our track where it was, receive-only where the remote alone sent) and let the
+            # first offer follow that plan (_follow_plan).
+            track_at = {mid: track_id for track_id, mid in (old_mids or {}).items()}
+            for kind, mid in layout:
+                if kind in ("audio", "video"):
+                    local = self._owner._locals.get(track_at.get(mid or "", ""))
+                    if local is not None and local.track.kind == kind:
+                        self._attach(pc, local)
+                        placed.add(local.track.id)
+                    else:
+                        pc.addTransceiver(kind, direction="recvonly")
+                elif kind == "application" and pc.sctp is None:
+                    # aiortc has no public way to get the data m-line without opening a channel
+                    cast(Any, pc)._RTCPeerConnection__createSctpTransport()
+            self._plan = list(layout)
+        else:
+            self._plan = None
         for local in self._owner._locals.values():
-            self._attach(pc, local)
+            if local.track.id not in placed:
+                self._attach(pc, local)
         self._have_remote = False
         self._remote_ufrag = None
         self._msid = None
@@ -304,16 +333,26 @@ class RemotePeer(EventEmitter):
         if proxy is not None:
             proxy.stop()
 
-    def _rebuild(self, reason: str) -> None:
-        """Replace the connection inside this RemotePeer (rebuild, reconnect swap)."""
+    def _rebuild(self, reason: str, *, keep_layout: bool = False) -> None:
+        """Replace the connection inside this RemotePeer (rebuild, reconnect swap).
+
+        ``keep_layout``: we will offer from the new connection to a remote that keeps its own
+        (ICE recovery, signalling reconnect), so the new one recreates the negotiated m-lines.
+        """
         self._owner._log.info("rebuilding peer connection", {"peer": self.id, "reason": reason})
         old = self._pc
+        old_mids: dict[str, str] = {}
+        if keep_layout and old is not None:
+            for transceiver in old.getTransceivers():
+                for track_id, sender in self._senders.items():
+                    if transceiver.sender is sender and transceiver.mid is not None:
+                        old_mids[track_id] = transceiver.mid
         for proxy in self._proxies.values():
             proxy.stop()
         self._proxies.clear()
         self._senders.clear()
         self._suppress_stream_removals()
-        self._pc = self._new_pc()
+        self._pc = self._new_pc(self._layout if keep_layout else None, old_mids)
         pending = [
             c for c in self._channels if c.ready_state == "connecting" and not c._closed_by_user
         ]
@@ -386,7 +425,7 @@ class RemotePeer(EventEmitter):
                 elif op == "signal":
                     await self._on_signal(arg)
                 elif op == "rebuild":
-                    self._rebuild(arg)
+                    self._rebuild(arg, keep_layout=True)
                     self._set_state("reconnecting" if self._state == "connected" else self._state)
                     await self._offer(force=True)
             except Exception as exc:  # one failed step never stops the peer
@@ -412,7 +451,7 @@ class RemotePeer(EventEmitter):
 
     async def _offer(self, *, force: bool = False) -> None:
         pc = self._pc
-        if pc is None or not self._has_something():
+        if pc is None or not (self._has_something() or self._plan):
             return  # nothing to negotiate: a rebuilt connection waits for media or a channel
         if pc.signalingState != "stable":
             return  # the answer's follow-up check re-queues us
@@ -435,13 +474,16 @@ class RemotePeer(EventEmitter):
             from aiortc import RTCSessionDescription
 
             offer = await pc.createOffer()
-            sdp = self._extmap.rewrite(offer.sdp) if self._have_remote else offer.sdp
+            sdp = self._pts.rewrite(self._extmap.rewrite(offer.sdp))
+            if self._plan is not None:
+                sdp = self._follow_plan(pc, sdp, self._plan)
+                self._plan = None
             self._owner._restrict_gathering(pc)
             await pc.setLocalDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             if pc is not self._pc or pc.signalingState != "have-local-offer":
                 return  # replaced or overtaken meanwhile
             local = pc.localDescription
-            self._extmap.learn(local.sdp)
+            self._learn(local.sdp)
             await self._send_description(RtcDescription("offer", local.sdp))
         finally:
             self._making_offer = False
@@ -499,6 +541,8 @@ class RemotePeer(EventEmitter):
             self._rebuild(
                 "offer collision" if self._pc.signalingState != "stable" else "remote restarted"
             )
+            if self._state == "connected":  # the media stops until the new one connects
+                self._set_state("reconnecting")
         pc = self._pc
         self._msid = parse_msid(desc.sdp)  # before applying: "track" fires while applying
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -509,7 +553,7 @@ class RemotePeer(EventEmitter):
         await pc.setLocalDescription(answer)
         if pc is not self._pc:
             return
-        self._extmap.learn(pc.localDescription.sdp)
+        self._learn(pc.localDescription.sdp)
         await self._send_description(RtcDescription("answer", pc.localDescription.sdp))
         self._follow_up()
 
@@ -517,8 +561,56 @@ class RemotePeer(EventEmitter):
         self._have_remote = True
         self._remote_ufrag = ice_ufrag(sdp)
         self._gate.reset()
-        self._extmap.learn(sdp)
+        self._learn(sdp)
         self._msid = parse_msid(sdp)
+
+    def _learn(self, sdp: str) -> None:
+        """An applied description: its extension ids, payload types and m-line layout."""
+        self._extmap.learn(sdp)
+        self._pts.learn(sdp)
+        layout = media_layout(sdp)
+        if len(layout) >= len(self._layout):
+            self._layout = layout
+
+    def _follow_plan(self, pc: Any, sdp: str, plan: list[tuple[str, str | None]]) -> str:
+        """Put a rebuilt connection's first offer in the m-line order and mids of ``plan``.
+
+        aiortc writes every audio/video section first, in transceiver order, and the data
+        section last; the remote side (Chromium) only accepts the m-lines it already has, in
+        the same order and with the same mids. The transceivers were created in ``plan``'s
+        order, so the k-th generated media section belongs to the k-th media line of the plan.
+        aiortc's own m-line indexes are moved along, so applying the offer assigns the mids.
+        """
+        generated = media_layout(sdp)
+        media_at = [i for i, (kind, _) in enumerate(generated) if kind != "application"]
+        app_at = [i for i, (kind, _) in enumerate(generated) if kind == "application"]
+        order: list[int] = []
+        mids: list[str] = []
+        for kind, mid in plan:
+            source = app_at if kind == "application" else media_at
+            if not source or mid is None:
+                return sdp  # cannot follow it: offer as generated
+            order.append(source.pop(0))
+            mids.append(mid)
+        taken = set(mids)
+        for index in media_at + app_at:  # lines the plan does not have: after it, fresh mids
+            order.append(index)
+            n = 0
+            while str(n) in taken:
+                n += 1
+            taken.add(str(n))
+            mids.append(str(n))
+        if order == list(range(len(generated))) and mids == [m for _, m in generated]:
+            return sdp
+        new_index = {old: new for new, old in enumerate(order)}
+        for transceiver in pc.getTransceivers():
+            if transceiver._get_mline_index() is not None:
+                transceiver._set_mline_index(new_index[transceiver._get_mline_index()])
+        if app_at or any(kind == "application" for kind, _ in plan):
+            sctp_index = pc._RTCPeerConnection__sctp_mline_index
+            if sctp_index is not None:
+                pc._RTCPeerConnection__sctp_mline_index = new_index[sctp_index]
+        return arrange_sections(sdp, order, mids)
 
     def _follow_up(self) -> None:
         if self._pc is not None and self._has_something() and self._unsatisfied():

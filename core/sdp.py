@@ -29,10 +29,13 @@ __all__ = [
     "MAX_MSID_ENTRIES",
     "ExtmapRegistry",
     "MsidInfo",
+    "PayloadTypeRegistry",
+    "arrange_sections",
     "ParsedCandidate",
     "filter_candidates",
     "ice_ufrag",
     "is_loopback_address",
+    "media_layout",
     "parse_candidate",
     "parse_msid",
 ]
@@ -389,3 +392,249 @@ class ExtmapRegistry:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+# --- payload types (§7.5.4) -------------------------------------------------------------
+
+_MLINE: Final = re.compile(r"m=(audio|video|[^ ]+) ([^ ]+) ([^ ]+)((?: [^ ]+)*)", re.ASCII)
+_RTPMAP: Final = re.compile(r"a=rtpmap:([0-9]{1,3}) ([^/ ]+)/([0-9]+)(?:/([0-9]+))?.*", re.ASCII)
+_PT_ATTR: Final = re.compile(r"a=(fmtp|rtcp-fb):([0-9]{1,3})( .*)?", re.ASCII)
+_APT: Final = re.compile(r"(?<![A-Za-z0-9-])apt=([0-9]{1,3})", re.ASCII)
+FIRST_DYNAMIC_PT: Final = 96
+LAST_DYNAMIC_PT: Final = 127
+
+_CodecKey = tuple[str, ...]
+
+
+class _Section:
+    """The RTP payload types of one m-section: pt → (encoding, clock, channels), fmtp."""
+
+    __slots__ = ("fmtp", "kind", "pts", "rtpmap")
+
+    def __init__(self, kind: str, pts: list[int]) -> None:
+        self.kind = kind
+        self.pts = pts
+        self.rtpmap: dict[int, tuple[str, str, str]] = {}
+        self.fmtp: dict[int, str] = {}
+
+    def key(self, pt: int, depth: int = 0) -> _CodecKey | None:
+        """What identifies the codec of ``pt`` across descriptions (``None``: unknown)."""
+        entry = self.rtpmap.get(pt)
+        if entry is None or depth > 2:
+            return None
+        name, clock, channels = entry
+        fmtp = self.fmtp.get(pt, "")
+        if name == "rtx":
+            match = _APT.search(fmtp)
+            base = self.key(int(match.group(1)), depth + 1) if match else None
+            return None if base is None else ("rtx", clock, *base)
+        params = ""
+        if name == "h264":
+            wanted = ("packetization-mode", "profile-level-id")
+            found = {}
+            for part in fmtp.split(";"):
+                name_value = part.strip().split("=", 1)
+                if len(name_value) == 2 and name_value[0].lower() in wanted:
+                    found[name_value[0].lower()] = name_value[1].lower()
+            params = ";".join(f"{k}={found.get(k, '')}" for k in wanted)
+        return (self.kind, name, clock, channels or "1", params)
+
+
+def _sections(sdp: str) -> list[tuple[int, int, _Section | None]]:
+    """(first line, end line, RTP section or None) for every m-section of ``sdp``'s lines."""
+    lines = [_content(line) for line in _lines(sdp)]
+    starts = [i for i, line in enumerate(lines) if line.startswith("m=")]
+    out: list[tuple[int, int, _Section | None]] = []
+    for n, start in enumerate(starts):
+        end = starts[n + 1] if n + 1 < len(starts) else len(lines)
+        match = _MLINE.fullmatch(lines[start])
+        section: _Section | None = None
+        if match and match.group(1) in ("audio", "video") and "RTP" in match.group(3):
+            pts = [int(p) for p in match.group(4).split() if p.isdigit() and int(p) <= 127]
+            section = _Section(match.group(1), pts)
+            for line in lines[start + 1 : end]:
+                rtpmap = _RTPMAP.fullmatch(line)
+                if rtpmap:
+                    pt = int(rtpmap.group(1))
+                    section.rtpmap[pt] = (
+                        rtpmap.group(2).lower(),
+                        rtpmap.group(3),
+                        rtpmap.group(4) or "",
+                    )
+                    continue
+                attr = _PT_ATTR.fullmatch(line)
+                if attr and attr.group(1) == "fmtp":
+                    section.fmtp[int(attr.group(2))] = (attr.group(3) or "").strip()
+        out.append((start, end, section))
+    return out
+
+
+class PayloadTypeRegistry:
+    """Keeps RTP payload types stable across re-offers (§7.5.4).
+
+    aiortc numbers its codecs afresh in every offer (opus is 96), while a browser that offered
+    first numbered them its own way (opus 111). A re-offer that changes a live codec's payload
+    type is accepted by Chromium, but aiortc's receiver keeps the payload types of the first
+    negotiation, so the browser's media would be dropped from then on. Feed :meth:`learn` every
+    description that was applied, as it went over the wire, and pass every outgoing offer through
+    :meth:`rewrite`. One codec ↔ payload-type map covers all m-sections (BUNDLE needs one), and
+    it is kept across peer-connection rebuilds.
+    """
+
+    __slots__ = ("_pts",)
+
+    def __init__(self) -> None:
+        self._pts: dict[_CodecKey, int] = {}
+
+    def learn(self, sdp: str) -> None:
+        """Record codec → payload type for every dynamic payload type of ``sdp``'s RTP
+        sections. A later mapping replaces an earlier one; a codec that takes over a payload
+        type evicts the codec that held it."""
+        for _start, _end, section in _sections(sdp):
+            if section is None:
+                continue
+            for pt in section.pts:
+                if not FIRST_DYNAMIC_PT <= pt <= LAST_DYNAMIC_PT:
+                    continue
+                key = section.key(pt)
+                if key is None:
+                    continue
+                for other in [k for k, v in self._pts.items() if v == pt and k != key]:
+                    del self._pts[other]
+                self._pts[key] = pt
+
+    def rewrite(self, sdp: str) -> str:
+        """Renumber the dynamic payload types of an outgoing offer.
+
+        A codec seen by :meth:`learn` gets its recorded payload type; any other keeps its own
+        if no recorded codec holds it, else gets the lowest free one in 96…127. The ``m=``
+        format list, ``a=rtpmap``, ``a=fmtp`` (``apt=`` included) and ``a=rtcp-fb`` lines
+        follow; everything else is unchanged. Rewriting is idempotent.
+        """
+        if not self._pts:
+            return sdp
+        lines = _lines(sdp)
+        taken = set(self._pts.values())
+        for start, end, section in _sections(sdp):
+            if section is None:
+                continue
+            mapping = self._mapping(section, taken)
+            if all(old == new for old, new in mapping.items()):
+                continue
+            for i in range(start, end):
+                lines[i] = _renumber(lines[i], mapping, first=i == start)
+        return "".join(lines)
+
+    def _mapping(self, section: _Section, taken: set[int]) -> dict[int, int]:
+        mapping: dict[int, int] = {}
+        used: set[int] = {pt for pt in section.pts if pt < FIRST_DYNAMIC_PT}
+        dynamic = [pt for pt in section.pts if pt >= FIRST_DYNAMIC_PT]
+        keys = {pt: section.key(pt) for pt in dynamic}
+        ordered = [pt for pt in dynamic if keys[pt] and keys[pt][0] != "rtx"]  # type: ignore[index]
+        ordered += [pt for pt in dynamic if pt not in ordered]
+        for pt in ordered:
+            key = keys[pt]
+            new = self._pts.get(key) if key is not None else None
+            if new is None or new in used:
+                new = pt if pt not in taken and pt not in used else None
+            if new is None:
+                new = next(
+                    (
+                        p
+                        for p in range(FIRST_DYNAMIC_PT, LAST_DYNAMIC_PT + 1)
+                        if p not in taken and p not in used
+                    ),
+                    pt,
+                )
+            mapping[pt] = new
+            used.add(new)
+        return mapping
+
+    def pt_of(self, kind: str, encoding: str, clock: int, channels: int = 1) -> int | None:
+        """The recorded payload type of a (non-H.264) codec, if any."""
+        return self._pts.get((kind, encoding.lower(), str(clock), str(channels), ""))
+
+    def clear(self) -> None:
+        """Forget everything (a brand-new pairing)."""
+        self._pts.clear()
+
+    def __len__(self) -> int:
+        return len(self._pts)
+
+
+def _renumber(line: str, mapping: dict[int, int], *, first: bool) -> str:
+    content = _content(line)
+    ending = line[len(content) :]
+    if first:
+        match = _MLINE.fullmatch(content)
+        if match is None:
+            return line
+        formats = " ".join(
+            str(mapping.get(int(p), int(p))) if p.isdigit() else p for p in match.group(4).split()
+        )
+        head = content[: match.start(4)]
+        return f"{head} {formats}{ending}" if formats else line
+    rtpmap = _RTPMAP.fullmatch(content)
+    if rtpmap:
+        pt = int(rtpmap.group(1))
+        return f"a=rtpmap:{mapping.get(pt, pt)}{content[rtpmap.end(1) :]}{ending}"
+    attr = _PT_ATTR.fullmatch(content)
+    if attr:
+        pt = int(attr.group(2))
+        rest = attr.group(3) or ""
+        if attr.group(1) == "fmtp":
+            rest = _APT.sub(lambda m: f"apt={mapping.get(int(m.group(1)), int(m.group(1)))}", rest)
+        return f"a={attr.group(1)}:{mapping.get(pt, pt)}{rest}{ending}"
+    return line
+
+
+# --- m-line layout (rebuilds) -------------------------------------------------------------
+
+_MID: Final = re.compile(r"a=mid:([^ \t]+)", re.ASCII)
+_BUNDLE: Final = re.compile(r"a=group:BUNDLE(?: .*)?", re.ASCII)
+
+
+def media_layout(sdp: str) -> list[tuple[str, str | None]]:
+    """``(kind, mid)`` of every m-section of ``sdp``, in order (``mid`` None when absent)."""
+    lines = [_content(line) for line in _lines(sdp)]
+    out: list[tuple[str, str | None]] = []
+    for line in lines:
+        if line.startswith("m="):
+            out.append((line[2:].split(" ", 1)[0], None))
+        elif out and out[-1][1] is None:
+            match = _MID.fullmatch(line)
+            if match and len(match.group(1)) <= MAX_SDP_ID_LENGTH:
+                out[-1] = (out[-1][0], match.group(1))
+    return out
+
+
+def arrange_sections(sdp: str, order: list[int], mids: list[str]) -> str:
+    """``sdp`` with its m-sections in ``order`` (indexes of the current sections) and the
+    section now at position ``i`` carrying ``a=mid:{mids[i]}``; the BUNDLE group lists the new
+    mids in the new order. The session part and every other line are unchanged.
+
+    Used for the first offer of a rebuilt connection, whose m-lines must come in the order and
+    with the mids the remote side already negotiated (Chromium rejects anything else).
+    """
+    lines = _lines(sdp)
+    starts = [i for i, line in enumerate(lines) if line.startswith("m=")]
+    if sorted(order) != list(range(len(starts))) or len(mids) != len(starts):
+        raise ValueError("order must permute the m-sections and mids name each one")
+    head = lines[: starts[0]] if starts else lines
+    sections = [
+        lines[start : starts[n + 1] if n + 1 < len(starts) else len(lines)]
+        for n, start in enumerate(starts)
+    ]
+    out: list[str] = []
+    for line in head:
+        content = _content(line)
+        if _BUNDLE.fullmatch(content) and mids:
+            line = f"a=group:BUNDLE {' '.join(mids)}{line[len(content) :]}"
+        out.append(line)
+    for position, index in enumerate(order):
+        for line in sections[index]:
+            content = _content(line)
+            if _MID.fullmatch(content):
+                line = f"a=mid:{mids[position]}{line[len(content) :]}"
+            out.append(line)
+    return "".join(out)

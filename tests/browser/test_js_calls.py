@@ -1,9 +1,11 @@
 """Calls that change, between a Python MeteredPeer and the official JS SDK in headless Chromium.
 
-The browser leaving (its ``close()`` and closing the tab), signalling without media (JS
-``SignallingClient`` ↔ Python ``SignallingClient``) and per-track metadata on video from
-Chromium's fake camera. Where politeness matters, both orders run: JWT subs pin the peer ids,
-and ``a-…`` < ``b-…`` is polite. Real Chromium, real aiortc, loopback only.
+Renegotiation mid-call (a second Python track), a rebuild of the Python side's connection after
+an ICE failure (Chromium must accept the rebuilt connection's offer), the browser leaving (its
+``close()`` and closing the tab), signalling without media (JS ``SignallingClient`` ↔ Python
+``SignallingClient``) and per-track metadata on video from Chromium's fake camera. Where
+politeness matters, both orders run: JWT subs pin the peer ids, and ``a-…`` < ``b-…`` is polite.
+Real Chromium, real aiortc, loopback only.
 """
 
 from __future__ import annotations
@@ -227,6 +229,112 @@ class Call:
 
 def _server() -> LocalServer:
     return LocalServer(default_config(), port=0, static=routes())
+
+
+@ORDERS
+async def test_python_adds_a_second_track_mid_call(
+    browser_page: Any, browser_sub: str, python_sub: str
+) -> None:
+    """Renegotiation: a second Python track reaches the browser with its stream id and
+    metadata, on the same connection, while the first track and the data channels keep going."""
+    async with (
+        _server() as server,
+        Call(browser_page, server.port, python_sub) as call,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(feed, call.voice)
+        browser = await call.start_browser(browser_sub, "renegotiate")
+        await call.agent.join("renegotiate")
+        await call.established(browser)
+        (remote,) = call.agent.remote_peers
+        pc, resets = remote.pc, call.resets
+
+        second = AudioSource()
+        tg.start_soon(feed, second)
+        call.agent.add_track(second, MediaStream(id="second-voice"), {"role": "second"})
+        await call.js(
+            """() => window.log.includes('track audio second-voice {"role":"second"}')""",
+            "the second track (stream id and metadata) in the browser",
+        )
+        await call.inbound_grows("second-voice", 25, "the second track's packets")
+        await call.inbound_grows("agent-voice", 25, "the first track after renegotiation")
+        await call.heard_more(browser["streamId"], 25, "the browser's microphone after it")
+        await call.channel.send("after renegotiation")
+        await call.until(
+            lambda: "from-python:echo:after renegotiation" in call.chat,
+            "the data channel's echo after renegotiation",
+        )
+        log = await browser_page.evaluate("() => window.log")
+        assert any(line.startswith("track audio agent-voice ") for line in log)
+        assert remote.pc is pc  # renegotiated on the same connection, never rebuilt
+        assert call.resets == resets
+        assert call.states == ["connecting", "connected"]
+        await call.clean()
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("second_track", [False, True], ids=["one-track", "after-second-track"])
+@ORDERS
+async def test_rebuilt_python_connection_is_accepted_by_chromium(
+    browser_page: Any,
+    browser_sub: str,
+    python_sub: str,
+    second_track: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ICE recovery: every datagram reaching the Python side's ICE sockets is dropped (the seam
+    of tests/peer/test_peer_calls.py::test_ice_failure_recovers, with aioice's consent checks
+    sped up), so aioice's consent expires, the connection fails and the recovery ladder
+    rebuilds it: a new RTCPeerConnection whose offer (new ICE credentials, new DTLS
+    certificate) Chromium applies to its existing connection without a negotiation error.
+
+    ``after-second-track``: a second Python track was added after the data channels, so the
+    negotiated m-lines are audio, application, audio — an order aiortc never generates on a
+    fresh connection; the rebuilt offer must still keep it (and the mids)."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    monkeypatch.setattr(aioice.ice, "CONSENT_FAILURES", 2)
+    async with (
+        _server() as server,
+        Call(browser_page, server.port, python_sub) as call,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(feed, call.voice)
+        browser = await call.start_browser(browser_sub, "rebuild")
+        await call.agent.join("rebuild")
+        await call.established(browser)
+        if second_track:
+            second = AudioSource()
+            tg.start_soon(feed, second)
+            call.agent.add_track(second, MediaStream(id="second-voice"), {"role": "second"})
+            await call.inbound_grows("second-voice", 25, "the second track's packets")
+        (remote,) = call.agent.remote_peers
+        pc = remote.pc
+        connected_before = len(call.states)
+        added_before = len(call.added)
+
+        def drop_datagrams() -> None:
+            for transport in pc._RTCPeerConnection__iceTransports:
+                for protocol in transport.iceGatherer._connection._protocols:
+                    protocol.datagram_received = lambda data, addr: None
+
+        drop_datagrams()
+        await call.until(lambda: "reconnecting" in call.states, "the ICE failure")
+        await call.until(
+            lambda: remote.state == "connected" and remote.pc is not pc,
+            "the rebuilt connection to connect",
+        )
+        await call.inbound_grows("agent-voice", 25, "the agent's voice after the rebuild")
+        await call.heard_more(browser["streamId"], 25, "the browser's microphone after it")
+        if second_track:
+            await call.inbound_grows("second-voice", 25, "the second track after the rebuild")
+        assert call.states[connected_before - 1 :] == ["connected", "reconnecting", "connected"]
+        assert call.resets >= 1
+        # the new connection's stream is a new object with the same id: StreamAdded again
+        assert [s.stream.id for s in call.added[added_before:]] == [browser["streamId"]]
+        await call.clean()
+        tg.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(
