@@ -7,8 +7,9 @@ The input, as text (undecodable bytes turned into lone surrogates), goes
 * if it parses as JSON, to ``classify_direct``: a recognised payload must survive the wire
   (``classify_direct(loads(dumps(data)))`` gives the same result) and its payload builder must
   rebuild it; a ``TrackMeta`` is then fed to a ``TrackMetaStore`` and looked up;
-* always, as SDP, to ``filter_candidates``, ``parse_msid``, ``ice_ufrag``, ``ExtmapRegistry``
-  (learned from the first half, rewriting the whole) and, line by line, to ``CandidateGate``.
+* always, as SDP, to ``filter_candidates``, ``parse_msid``, ``ice_ufrag``, ``ExtmapRegistry`` and
+  ``PayloadTypeRegistry`` (learned from the first half, rewriting the whole), ``media_layout`` /
+  ``arrange_sections`` and, line by line, to ``CandidateGate``.
 
 A crash is any exception, or a broken invariant: ``filter_candidates`` with an accept-all
 ``keep`` removing anything but address-less candidate lines, or not being idempotent with
@@ -45,6 +46,7 @@ with atheris.instrument_imports():
         parse_msid,
         track_meta_payload,
     )
+    from metered_realtime.core.sdp import PayloadTypeRegistry, arrange_sections, media_layout
 
 
 def _reject_constant(name: str) -> Any:
@@ -116,6 +118,20 @@ def check_sdp(sdp: str) -> None:
     out = registry.rewrite(sdp)
     if registry.rewrite(out) != out:
         raise AssertionError("rewrite is not idempotent")
+
+    pts = PayloadTypeRegistry()
+    pts.learn(sdp[: len(sdp) // 2])
+    renumbered = pts.rewrite(sdp)
+    if pts.rewrite(renumbered) != renumbered:
+        raise AssertionError("payload-type rewrite is not idempotent")
+    if renumbered.count("\n") != sdp.count("\n"):
+        raise AssertionError("payload-type rewrite changed the line count")
+    layout = media_layout(sdp)
+    if layout:
+        order = list(range(len(layout)))[::-1]
+        arranged = arrange_sections(sdp, order, [str(i) for i in order])
+        if [k for k, _ in media_layout(arranged)] != [k for k, _ in layout][::-1]:
+            raise AssertionError("arrange_sections lost an m-section")
 
     gate = CandidateGate(max_candidates=50)
     for line in sdp.split("\n"):
