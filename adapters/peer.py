@@ -687,7 +687,16 @@ class RemotePeer(EventEmitter):
             generation = self._generation
 
             def _ended() -> None:
-                if generation != self._generation:
+                # Looked at on the next loop turn: a track that ends because its connection
+                # failed (aiortc ends every receiver) is not a removed stream — recovery
+                # rebuilds the connection and StreamAdded fires again from the new one.
+                asyncio.get_running_loop().call_soon(_removed)
+
+            def _removed() -> None:
+                pc = self._pc
+                if generation != self._generation or pc is None:
+                    return
+                if pc.connectionState in ("failed", "closed") or self._state == "reconnecting":
                     return
                 live.discard(track)
                 if not live and self._media_streams.get(stream_id or "") is entry:

@@ -331,6 +331,7 @@ async def test_rebuilt_python_connection_is_accepted_by_chromium(
             await call.inbound_grows("second-voice", 25, "the second track after the rebuild")
         assert call.states[connected_before - 1 :] == ["connected", "reconnecting", "connected"]
         assert call.resets >= 1
+        assert call.removed == []  # a failed connection is not a removed stream
         # the new connection's stream is a new object with the same id: StreamAdded again
         assert [s.stream.id for s in call.added[added_before:]] == [browser["streamId"]]
         await call.clean()

@@ -17,6 +17,7 @@ from metered_realtime.adapters.peer_events import (
     DCOpen,
     PeerJoined,
     StreamAdded,
+    StreamRemoved,
     Track,
 )
 from metered_realtime.adapters.runtime import in_trio_thread
@@ -61,10 +62,12 @@ class Receiver:
         self.frames: dict[str, int] = {}
         self.metadata: dict[str, Any] = {}
         self.remotes: list[RemotePeer] = []
+        self.removed: list[str] = []
         peer.on(PeerJoined, self._joined)
 
     def _joined(self, ev: PeerJoined) -> None:
         self.remotes.append(ev.peer)
+        ev.peer.on(StreamRemoved, lambda s: self.removed.append(s.stream.id))
 
         @ev.peer.on(StreamAdded)
         def _(s: StreamAdded) -> None:
@@ -220,6 +223,7 @@ async def test_ice_failure_recovers(server: LocalServer, monkeypatch: pytest.Mon
         assert "connecting" not in remote_states[remote_states.index("reconnecting") :]
         frames_then = rx.count("voice")
         await until(lambda: rx.count("voice") > frames_then + 10)  # media flows again
+        assert rx.removed == []  # a failed connection is not a removed stream
         tg.cancel_scope.cancel()
 
 
