@@ -763,6 +763,15 @@ class AudioSource(MediaStreamTrack):
         elif isinstance(data, av.AudioFrame):
             if not data.sample_rate or data.sample_rate <= 0:
                 raise ValueError("the av.AudioFrame has no sample_rate")
+            if (
+                not self._carry
+                and data.sample_rate == self._in_rate
+                and data.format.name == "s16"
+                and data.layout.name == self._in_layout
+            ):
+                # The input format exactly: queued as PCM, so recv() converts it lazily too.
+                size = data.samples * self._in_sample_bytes
+                data = memoryview(data.planes[0])[:size].tobytes()
         elif isinstance(data, (bytes, bytearray, memoryview)):
             if not data:
                 return

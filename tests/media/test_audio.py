@@ -350,6 +350,22 @@ async def test_48k_stereo_s16_passes_through_untouched() -> None:
     assert frame_bytes(await src2.recv()) + frame_bytes(await src2.recv()) == pcm
 
 
+async def test_a_frame_in_the_input_format_after_a_partial_sample_stays_aligned() -> None:
+    """Such frames are queued as PCM, except behind a trailing partial sample, which would
+    shift them by a byte: then they are resampled as frames."""
+    src = source(FakeClock())
+    await src.push(pack(tone(16_000, 0.1, (500.0,))) + b"\x01")  # 1 byte carried over
+    pcm = pack(tone(16_000, 0.3, (1000.0,)))
+    frame = av.AudioFrame(format="s16", layout="mono", samples=len(pcm) // 2)
+    frame.planes[0].update(pcm)
+    frame.sample_rate = 16_000
+    await src.push(frame)
+    src.end()
+    left = unpack(await collect(src))[0::2]
+    assert peak(left[7200:16800]) == 1000.0  # 0.15-0.35 s: the frame, intact
+    assert peak(left[1000:4000]) == 500.0
+
+
 @pytest.mark.usefixtures("resampler")
 async def test_mixed_pushes_keep_their_order() -> None:
     """PCM, then a frame in another format, then PCM: out in that order, none lost."""
