@@ -243,9 +243,12 @@ class SignallingClient(EventEmitter):
         )
         self._token_provider = token_provider
         self._token_timeout = float(timeout)
-        # one OS-seeded generator: request ids and masking keys without a syscall each
+        # request ids and jitter from one OS-seeded generator (no syscall each); masking keys
+        # straight from the OS (RFC 6455: unpredictable to anything else on the host)
         self._core = ClientConnection(
-            self._config, random.Random(random.SystemRandom().getrandbits(256))
+            self._config,
+            random.Random(random.SystemRandom().getrandbits(256)),
+            mask_rng=random.SystemRandom(),
         )
         self._bg = BackgroundTasks("SignallingClient", self._log)
         self._spawn = self._bg.spawn  # async handlers run as tasks of the client

@@ -175,9 +175,15 @@ _NO_SOCKET, _RESOLVING, _OPENING, _HANDSHAKE, _OPEN, _CLOSING = range(6)
 class ClientConnection:
     """Sans-IO client of the Metered Realtime signalling protocol (see the module docstring)."""
 
-    def __init__(self, config: ClientConfig, rng: RandomSource) -> None:
+    def __init__(
+        self, config: ClientConfig, rng: RandomSource, *, mask_rng: RandomSource | None = None
+    ) -> None:
+        """``rng`` draws request ids and backoff jitter; ``mask_rng`` the WebSocket masking
+        keys (default ``rng``). Give it a strong source (``random.SystemRandom()``): RFC 6455
+        wants masking keys an application on the same host cannot predict."""
         self.config = config
         self._rng = rng
+        self._mask_rng = rng if mask_rng is None else mask_rng
         _, host, port, secure = split_base_url(config.url)
         self._host, self._port, self._secure = host, port, secure
         self._base = config.url.rstrip("/")
@@ -376,7 +382,7 @@ class ClientConnection:
             raise OversizedPayloadError(len(text), self.max_message_size)
         if self._state != "connected" or self._phase != _OPEN:
             raise NotConnectedError()
-        self._out += masked_text(text, self._rng)
+        self._out += masked_text(text, self._mask_rng)
         self._pending[rid] = _Pending(now + self.config.ack_timeout, False, None)
         return rid
 
@@ -500,7 +506,7 @@ class ClientConnection:
                 self._on_close_frame(payload[0], payload[1], now)
             elif op == OP_PING:
                 if self._ws_open:
-                    self._out += encode_frame(OP_PONG, payload, self._rng)
+                    self._out += encode_frame(OP_PONG, payload, self._mask_rng)
             elif op == OP_BINARY:
                 self._emit(FrameDropped("binary_frame", "binary frames are not used"))
             elif op == FAIL:
@@ -553,11 +559,11 @@ class ClientConnection:
 
     def _write(self, text: str) -> None:
         assert self._ws_open
-        self._out += masked_text(text, self._rng)
+        self._out += masked_text(text, self._mask_rng)
 
     def _send_close(self, code: int, reason: str) -> None:
         self._ws_open = False
-        self._out += encode_frame(OP_CLOSE, close_payload(code, reason), self._rng)
+        self._out += encode_frame(OP_CLOSE, close_payload(code, reason), self._mask_rng)
 
     def _new_id(self) -> str:
         return uuid4(self._rng)

@@ -28,7 +28,8 @@ before any of its payload is buffered. The decoder then *drains*: it keeps parsi
 headers, discards every payload unbuffered, and reports only a close frame (or a framing
 error), so the closing handshake the 1009 starts can still complete.
 
-Masking keys come from the injected random source (``getrandbits(32)``); the core draws no
+Masking keys come from the injected random source (``getrandbits(32)``; the client machine takes a
+separate ``mask_rng`` for them, the adapters pass ``random.SystemRandom()``); the core draws no
 randomness of its own.
 """
 
