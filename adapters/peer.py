@@ -758,9 +758,16 @@ async def _gather_loopback(self: Any) -> None:
 
 def _loopback_datagrams_only(protocol: Any) -> None:
     receive = protocol.datagram_received
+    verdicts: dict[Any, bool] = {"127.0.0.1": True}  # per source host: parsed once
 
     def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
-        if is_loopback_address(str(addr[0])):
+        host = addr[0]
+        ok = verdicts.get(host)
+        if ok is None:
+            if len(verdicts) > 64:  # bounded: a flood of sources only costs the parse again
+                verdicts.clear()
+            ok = verdicts[host] = is_loopback_address(str(host))
+        if ok:
             receive(data, addr)
 
     protocol.datagram_received = datagram_received

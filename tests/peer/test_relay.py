@@ -161,3 +161,27 @@ async def test_a_closed_call_stops_reading_a_source_the_next_call_reuses(server:
             await speaker.close()
             assert readers() == 0
     source.stop()
+
+
+def test_loopback_only_drops_datagrams_from_other_hosts() -> None:
+    from metered_realtime.adapters.peer import _loopback_datagrams_only
+
+    class Protocol:
+        def __init__(self) -> None:
+            self.got: list[tuple[bytes, Any]] = []
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            self.got.append((data, addr))
+
+    protocol = Protocol()
+    _loopback_datagrams_only(protocol)
+    sources = ["127.0.0.1", "192.0.2.7", "::1", "127.0.0.2", "fd00::2", "::ffff:127.0.0.1"]
+    for _ in range(2):  # the second round comes from the cache
+        for host in sources:
+            protocol.datagram_received(b"x", (host, 9))
+    assert [a[0] for _, a in protocol.got] == ["127.0.0.1", "::1", "127.0.0.2"] * 2
+    for n in range(200):  # many sources: bounded cache, same verdicts
+        protocol.datagram_received(b"y", (f"10.0.{n // 250}.{n % 250}", 9))
+    protocol.datagram_received(b"z", ("127.0.0.1", 9))
+    assert protocol.got[-1] == (b"z", ("127.0.0.1", 9))
+    assert len(protocol.got) == 7
