@@ -37,10 +37,13 @@ async def wait_for(event: anyio.Event, timeout: float = 10.0) -> None:
         await event.wait()
 
 
+@pytest.mark.parametrize("handler", ["sync", "async-after-await"])
 @pytest.mark.parametrize("first", [POLITE, IMPOLITE])
 async def test_data_channel_opened_in_peer_joined_opens_on_both_sides(
-    server: LocalServer, first: str
+    server: LocalServer, first: str, handler: str
 ) -> None:
+    """Sync handlers, and async ones that open the channel only after an await (which misses
+    the first offer and rides a renegotiation)."""
     second = IMPOLITE if first == POLITE else POLITE
     peers = {name: make_peer(server.port, name) for name in (first, second)}
     opened = {name: anyio.Event() for name in peers}
@@ -49,7 +52,7 @@ async def test_data_channel_opened_in_peer_joined_opens_on_both_sides(
 
     for name, peer in peers.items():
 
-        def on_joined(ev: PeerJoined, name: str = name) -> None:
+        def open_channel(ev: PeerJoined, name: str = name) -> None:
             channel = ev.peer.create_data_channel(f"from-{name}")
 
             @channel.on(DCOpen)
@@ -57,7 +60,11 @@ async def test_data_channel_opened_in_peer_joined_opens_on_both_sides(
                 opened[name].set()
                 await channel.send(f"hello from {name}")
 
-        peer.on(PeerJoined, on_joined)
+        async def on_joined_async(ev: PeerJoined, name: str = name) -> None:
+            await anyio.sleep(0.1)  # e.g. a database lookup before deciding to talk
+            open_channel(ev, name)
+
+        peer.on(PeerJoined, open_channel if handler == "sync" else on_joined_async)
 
         def on_remote_joined(ev: PeerJoined, name: str = name) -> None:
             @ev.peer.on(DataChannelOpened)
