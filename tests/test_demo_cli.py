@@ -114,3 +114,32 @@ async def _head(port: int, path: str) -> bytes:
         except anyio.EndOfStream:
             pass
     return data.partition(b"\r\n\r\n")[0]
+
+
+def test_speech_uses_espeak_ng_when_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in espeak-ng on PATH (writes a 22,050 Hz mono WAV): the agent speaks with it."""
+    from metered_realtime.demo import Speech
+
+    fake = tmp_path / "espeak-ng"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import io, sys, wave\n"
+        "buf = io.BytesIO()\n"
+        "with wave.open(buf, 'wb') as w:\n"
+        "    w.setnchannels(1); w.setsampwidth(2); w.setframerate(22050)\n"
+        "    w.writeframes(b'\\x01\\x02' * 2205)\n"
+        "sys.stdout.buffer.write(buf.getvalue())\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    speech = Speech()
+    assert speech.engine == "espeak-ng"
+    assert speech.rate == 22_050
+    assert speech.say("hello") == b"\x01\x02" * 2205
+    assert Speech(use_espeak=False).engine.startswith("tones")
+    chime = Speech(use_espeak=False).say("hello")
+    assert len(chime) > 16_000  # ~0.6 s of 16 kHz s16
+    fake.write_text(f"#!{sys.executable}\nimport sys\nsys.exit(3)\n")  # a broken install
+    assert len(Speech().say("hello")) > 16_000  # falls back to the chime, no crash
