@@ -363,6 +363,8 @@ class RemotePeer(EventEmitter):
         if old is not None:
             self._owner._bg.spawn(_close_pc, old)
         self._emit(ConnectionReset())
+        if self._state == "connected":  # the media stops until the new one connects
+            self._set_state("reconnecting")
 
     def _on_pc_state(self, state: str) -> None:
         now = _now()
@@ -426,7 +428,6 @@ class RemotePeer(EventEmitter):
                     await self._on_signal(arg)
                 elif op == "rebuild":
                     self._rebuild(arg, keep_layout=True)
-                    self._set_state("reconnecting" if self._state == "connected" else self._state)
                     await self._offer(force=True)
             except Exception as exc:  # one failed step never stops the peer
                 if self._closed:
@@ -541,8 +542,6 @@ class RemotePeer(EventEmitter):
             self._rebuild(
                 "offer collision" if self._pc.signalingState != "stable" else "remote restarted"
             )
-            if self._state == "connected":  # the media stops until the new one connects
-                self._set_state("reconnecting")
         pc = self._pc
         self._msid = parse_msid(desc.sdp)  # before applying: "track" fires while applying
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
