@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metered_realtime.adapters.log import as_logger
+from metered_realtime.adapters.runtime import BackgroundTasks
+
 __all__ = [
     "DEFAULT_CHANNEL",
     "Agent",
@@ -216,14 +219,9 @@ class Agent:
         self.peer.add_track(self.voice, self.stream, {"role": "voice", "label": "Python agent"})
         self.stats = AgentStats()
         self._say = say
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bg = BackgroundTasks(type(self).__name__, as_logger(None))  # logged, not lost
         self._to_speak: asyncio.Queue[str] = asyncio.Queue()
         self._wire()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _wire(self) -> None:
         from metered_realtime import (
@@ -243,7 +241,7 @@ class Agent:
             remote = ev.peer
             stats.peers.add(remote.id)
             self._say(f"agent: {remote.id} joined the call")
-            self._spawn(self._send_to(remote.id, _chat(f"Hi {remote.id[:8]}! {GREETING}")))
+            self._bg.spawn(self._send_to, remote.id, _chat(f"Hi {remote.id[:8]}! {GREETING}"))
 
             @remote.on(StateChange)
             def _(s: StateChange) -> None:
@@ -271,7 +269,7 @@ class Agent:
                     )
 
             status = remote.create_data_channel("agent-status")
-            self._spawn(self._report(remote, status))
+            self._bg.spawn(self._report, remote, status)
 
         @peer.on(PeerLeft)
         def _(ev: PeerLeft) -> None:
@@ -287,9 +285,9 @@ class Agent:
             self._say(f"agent: chat ({ev.kind}) from {ev.sender_peer_id[:8]}: {text}")
             if ev.kind == "direct":
                 reply = _chat(f"(direct) You said: {text}")
-                self._spawn(self._send_to(ev.sender_peer_id, reply))
+                self._bg.spawn(self._send_to, ev.sender_peer_id, reply)
             else:
-                self._spawn(self._broadcast(_chat(f"You said: {text}")))
+                self._bg.spawn(self._broadcast, _chat(f"You said: {text}"))
 
     async def _send_to(self, peer_id: str, data: Any) -> None:
         with contextlib.suppress(Exception):  # the peer may have left meanwhile
@@ -349,15 +347,16 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Join, then talk and listen until ``stop`` is set; leaves the call on the way out."""
         async with self.peer:
-            await self.peer.join(self.channel)
-            self._say(f"agent: joined {self.channel} as {self.peer.peer_id} ({self.speech.engine})")
-            speaker = asyncio.ensure_future(self._speak())
+            await self._bg.start()
             try:
+                await self.peer.join(self.channel)
+                self._say(
+                    f"agent: joined {self.channel} as {self.peer.peer_id} ({self.speech.engine})"
+                )
+                self._bg.spawn(self._speak)
                 await stop.wait()
             finally:
-                speaker.cancel()
-                for task in list(self._tasks):
-                    task.cancel()
+                await self._bg.stop()
                 self.voice.stop()
 
 
@@ -387,13 +386,8 @@ class HeadlessHuman:
         self.mic = AudioSource(input_rate=16_000)
         self.peer.add_track(self.mic, MediaStream(id="human-mic"), {"role": "mic"})
         self.stats = HumanStats()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bg = BackgroundTasks(type(self).__name__, as_logger(None))  # logged, not lost
         self._wire()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _wire(self) -> None:
         from metered_realtime import (
@@ -430,13 +424,13 @@ class HeadlessHuman:
             @remote.on(StateChange)
             def _(s: StateChange) -> None:
                 if s.to == "connected" and s.from_ in ("idle", "connecting"):
-                    self._spawn(self.peer.send(_chat("hello everyone")))
-                    self._spawn(self.peer.send_to(remote.id, _chat("hello agent")))
+                    self._bg.spawn(self.peer.send, _chat("hello everyone"))
+                    self._bg.spawn(self.peer.send_to, remote.id, _chat("hello agent"))
 
             channel = remote.create_data_channel("chat")
             replies: asyncio.Queue[str] = asyncio.Queue()
             channel.on(DCMessage, lambda m: replies.put_nowait(str(m.data)))
-            channel.on(DCOpen, lambda _: self._spawn(self._pings(channel, replies)))
+            channel.on(DCOpen, lambda _: self._bg.spawn(self._pings, channel, replies))
 
         @self.peer.on(Data)
         def _(ev: Data) -> None:
@@ -459,14 +453,13 @@ class HeadlessHuman:
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.peer:
-            talker = asyncio.ensure_future(self._talk())
-            await self.peer.join(self.channel)
+            await self._bg.start()
             try:
+                self._bg.spawn(self._talk)
+                await self.peer.join(self.channel)
                 await stop.wait()
             finally:
-                talker.cancel()
-                for task in list(self._tasks):
-                    task.cancel()
+                await self._bg.stop()
                 self.mic.stop()
 
 
