@@ -117,6 +117,13 @@ class WsClient:
 
 async def http_get(port: int, path: str) -> tuple[int, bytes]:
     """A minimal HTTP/1.1 GET; returns the status and the body."""
+    status, _head, body = await http_response(port, path)
+    return status, body
+
+
+async def http_response(port: int, path: str) -> tuple[int, bytes, bytes]:
+    """A minimal HTTP/1.1 GET; returns the status, the head (status line and headers) and
+    the body."""
     stream = await anyio.connect_tcp("127.0.0.1", port)
     async with stream:
         await stream.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
@@ -128,7 +135,7 @@ async def http_get(port: int, path: str) -> tuple[int, bytes]:
             except anyio.EndOfStream:
                 pass
     head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
+    return int(head.split()[1]), head, body
 
 
 def self_signed_tls(directory: Path) -> tuple[Path, ssl.SSLContext]:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from metered_realtime.adapters.server import LocalServer
@@ -82,7 +81,7 @@ def test_find_sdk_prefers_an_explicit_path(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_page_routes_serve_the_page_config_and_sdk(tmp_path: Path) -> None:
-    from tests.netclient import http_get
+    from tests.netclient import http_get, http_response
 
     sdk = tmp_path / "index.mjs"
     sdk.write_bytes(b"export const MeteredPeer = 1;")
@@ -92,8 +91,7 @@ async def test_page_routes_serve_the_page_config_and_sdk(tmp_path: Path) -> None
         raw: list[Any] = []
         for path in ("/demo", "/demo/app.js", "/demo/config.json", "/sdk/index.mjs", "/nope"):
             raw.append(await http_get(server.port, path))
-        with anyio.fail_after(5):
-            head = await _head(server.port, "/sdk/index.mjs")
+        _status, head, _body = await http_response(server.port, "/sdk/index.mjs")
     statuses = [status for status, _ in raw]
     assert statuses == [200, 200, 200, 200, 404]
     assert b"<title>metered-realtime demo" in raw[0][1]
@@ -101,19 +99,6 @@ async def test_page_routes_serve_the_page_config_and_sdk(tmp_path: Path) -> None
     assert raw[2][1] == b'{"channel": "demo/x", "key": "pk_dev_local"}'
     assert raw[3][1] == b"export const MeteredPeer = 1;"
     assert b"content-type: text/javascript" in head.lower()
-
-
-async def _head(port: int, path: str) -> bytes:
-    stream = await anyio.connect_tcp("127.0.0.1", port)
-    async with stream:
-        await stream.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        try:
-            while b"\r\n\r\n" not in data:
-                data += await stream.receive()
-        except anyio.EndOfStream:
-            pass
-    return data.partition(b"\r\n\r\n")[0]
 
 
 def test_speech_uses_espeak_ng_when_installed(
