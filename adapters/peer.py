@@ -605,10 +605,9 @@ class RemotePeer(EventEmitter):
         for transceiver in pc.getTransceivers():
             if transceiver._get_mline_index() is not None:
                 transceiver._set_mline_index(new_index[transceiver._get_mline_index()])
-        if app_at or any(kind == "application" for kind, _ in plan):
-            sctp_index = pc._RTCPeerConnection__sctp_mline_index
-            if sctp_index is not None:
-                pc._RTCPeerConnection__sctp_mline_index = new_index[sctp_index]
+        sctp_index = pc._RTCPeerConnection__sctp_mline_index
+        if sctp_index is not None:
+            pc._RTCPeerConnection__sctp_mline_index = new_index[sctp_index]
         return arrange_sections(sdp, order, mids)
 
     def _follow_up(self) -> None:
